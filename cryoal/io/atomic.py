@@ -1,0 +1,105 @@
+"""Atomic file writes: write a temporary file beside the target, then rename it into place.
+
+A crash or Ctrl-C at any point leaves either the old file or the new one, never a mix.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+from cryoal.errors import CryoalError
+
+_FICLONE = 0x40049409  # Linux ioctl: share extents (copy-on-write clone) on btrfs/xfs
+
+
+def check_output_dir(path: str | os.PathLike) -> Path:
+    """Return `path` as a Path, or raise if its parent directory does not exist."""
+    p = Path(path)
+    parent = p.parent if str(p.parent) else Path(".")
+    if not parent.is_dir():
+        raise CryoalError(f"{p}: directory {parent} does not exist")
+    return p
+
+
+def temp_path_for(dest: Path) -> Path:
+    """A temporary name in the same directory as `dest`, so the final rename is atomic."""
+    return dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
+
+
+@contextlib.contextmanager
+def atomic_path(dest: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path; on success it replaces `dest`, on any exception it is deleted."""
+    dest = check_output_dir(dest)
+    tmp = temp_path_for(dest)
+    try:
+        yield tmp
+        _fsync_path(tmp)
+        os.replace(tmp, dest)
+        _fsync_dir(dest.parent)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+
+
+@contextlib.contextmanager
+def atomic_open(dest: str | os.PathLike, mode: str = "w", **kwargs) -> Iterator[IO]:
+    """Open a temporary file for writing; it replaces `dest` only if the block succeeds.
+
+    Text mode defaults to UTF-8 and `newline=""` (what the csv module wants).
+    """
+    if "b" not in mode:
+        kwargs.setdefault("encoding", "utf-8")
+        kwargs.setdefault("newline", "")
+    with atomic_path(dest) as tmp, open(tmp, mode, **kwargs) as fh:
+        yield fh
+
+
+def copy_for_update(src: Path, dst: Path) -> None:
+    """Copy `src` to `dst`, as a copy-on-write clone where the filesystem allows it."""
+    with open(src, "rb") as fin, open(dst, "wb") as fout:
+        try:
+            fcntl.ioctl(fout.fileno(), _FICLONE, fin.fileno())
+            return
+        except OSError:
+            pass  # not a reflink-capable filesystem: fall back to a plain copy
+    shutil.copyfile(src, dst)
+
+
+def _fsync_path(path: Path) -> None:
+    with contextlib.suppress(OSError), open(path, "rb+") as fh:
+        os.fsync(fh.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def exclusive_lock(target: Path, what: str = "pool") -> Iterator[None]:
+    """Hold an advisory lock file `<target>.lock` so that two writers never race on one file."""
+    lock = target.with_name(target.name + ".lock")
+    check_output_dir(lock)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise CryoalError(
+                f"{target}: this {what} is being written by another process (lock {lock}); "
+                "wait for it to finish"
+            ) from None
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock; the lock file itself stays (harmless, avoids races)
