@@ -30,6 +30,9 @@ FORMAT_VERSION = 1
 MODES = ("subtomogram", "image", "segmentation")
 STR_DTYPE = h5py.string_dtype("utf-8")
 UNLABELLED = -1
+# Scalar string dataset: the non-particle blocks (optics, general) of each STAR manifest read, as
+# JSON {manifest: {block: {column: [values]}}}, so that STAR export can write them back.
+STAR_BLOCKS = "star_blocks"
 # A 64 MB chunk cache holds a few hundred 32^3 particles; reads are one particle a chunk.
 CHUNK_CACHE_BYTES = 64 * 1024 * 1024
 
@@ -163,11 +166,21 @@ class Pool:
 
     @property
     def meta_columns(self) -> list[str]:
-        return list(self._h5["meta"].keys()) if "meta" in self._h5 else []
+        """Manifest column names, in the order they were first stored."""
+        if "meta" not in self._h5:
+            return []
+        return [_meta_name(key) for key in self._h5["meta"].keys()]
+
+    @property
+    def star_blocks(self) -> dict[str, dict[str, dict[str, list[str]]]]:
+        """Non-particle STAR blocks (optics, general) of the manifests ingested, by manifest path."""
+        if STAR_BLOCKS not in self._h5:
+            return {}
+        return dict(json.loads(self._h5[STAR_BLOCKS].asstr()[()]))
 
     def meta(self, column: str) -> np.ndarray:
         """The manifest column `column`, verbatim, one string per particle."""
-        return self._strings(f"meta/{column}")
+        return self._strings(f"meta/{_meta_key(column)}")
 
     def index_of(self, particle_ids: Sequence[str]) -> np.ndarray:
         """Row indices of the given ids; raises PoolError naming the first unknown id."""
@@ -207,6 +220,15 @@ class Pool:
         for start in range(0, idx.size, batch_size):
             chunk = idx[start : start + batch_size]
             yield chunk, self.read(chunk, dataset=dataset)
+
+
+def _meta_key(column: str) -> str:
+    # HDF5 reads '/' as a group separator: keep such column names flat by escaping it
+    return column.replace("%", "%25").replace("/", "%2F")
+
+
+def _meta_name(key: str) -> str:
+    return key.replace("%2F", "/").replace("%25", "%")
 
 
 def open_pool(path: str | os.PathLike) -> Pool:
@@ -356,7 +378,7 @@ class PoolWriter:
         for name in ("label", "label_round"):
             h5.create_dataset(name, shape=(0,), maxshape=(None,), dtype=np.int32, chunks=(4096,))
         h5.create_dataset("coords", shape=(0, 3), maxshape=(None, 3), dtype=np.float32, chunks=(4096, 3))
-        h5.create_group("meta")
+        h5.create_group("meta", track_order=True)  # keys() in manifest column order
 
     def _extend(self, name: str, values: np.ndarray) -> None:
         ds = self._h5[name]  # type: ignore[index]
@@ -418,16 +440,29 @@ class PoolWriter:
 
     def _add_meta(self, meta: dict[str, Sequence[str]], n_before: int, n: int) -> None:
         group = self._h5["meta"]  # type: ignore[index]
-        for col in meta:
-            if col not in group:
+        by_key = {_meta_key(col): values for col, values in meta.items()}
+        for key in by_key:
+            if key not in group:
                 group.create_dataset(
-                    col, data=np.asarray([""] * n_before, dtype=object), dtype=STR_DTYPE,
+                    key, data=np.asarray([""] * n_before, dtype=object), dtype=STR_DTYPE,
                     maxshape=(None,), chunks=(4096,),
                 )
-        for col in group:
-            values = meta.get(col)
+        for key in group:
+            values = by_key.get(key)
             vals = [""] * n if values is None else [str(v) for v in values]
-            self._extend(f"meta/{col}", np.asarray(vals, dtype=object))
+            self._extend(f"meta/{key}", np.asarray(vals, dtype=object))
+
+    def add_star_blocks(self, source: str, blocks: dict[str, dict[str, Sequence[str]]]) -> None:
+        """Record the non-particle blocks (optics, general) of the STAR manifest `source`."""
+        h5 = self._h5
+        assert h5 is not None
+        known = json.loads(h5[STAR_BLOCKS].asstr()[()]) if STAR_BLOCKS in h5 else {}
+        known[str(source)] = {
+            b: {c: [str(v) for v in vals] for c, vals in t.items()} for b, t in blocks.items()
+        }
+        if STAR_BLOCKS in h5:
+            del h5[STAR_BLOCKS]
+        h5.create_dataset(STAR_BLOCKS, data=json.dumps(known), dtype=STR_DTYPE)
 
     def set_class_names(self, names: Sequence[str]) -> None:
         """Set the pool's class list (used when a manifest carries labels)."""

@@ -1,0 +1,366 @@
+"""Plan and run an extraction: picks -> tomogram pixels -> boxes -> pool.
+
+Planning reads only the picks file and the tomogram headers, so every bad input (unknown
+tomogram, corrupt or 2D file, wrong units) is reported before a single box is cut and before
+the pool is touched. Running then visits one tomogram at a time and reads its boxes in
+(z, y, x) order, which walks the file front to back.
+
+Pool order: tomograms in order of first appearance in the picks file; within a tomogram, picks
+sorted by their centre voxel (z, then y, then x; ties in file order), the order the file is read.
+Particle ids do not depend on this order (see `picks.py`).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from cryoal.errors import CryoalError, InputError
+from cryoal.extract.boxes import centre_voxel, crosses_edge, fourier_bin, zscore
+from cryoal.extract.picks import Picks, read_picks, to_tomogram_pixels
+from cryoal.extract.tomograms import (
+    MAPPING_SUFFIXES,
+    TomogramInfo,
+    Warn,
+    inspect_tomogram,
+    open_tomogram,
+    resolve_tomograms,
+)
+
+# Most tomogram bytes kept mapped while cutting (peak memory; see tomograms.TomogramReader).
+MAPPED_BUDGET = 128 * 1024 * 1024
+# Boxes are handed to the pool writer in batches of about this many bytes.
+BATCH_BYTES = 16 * 1024 * 1024
+# Pixel sizes closer than this (relative) count as equal.
+PIXEL_TOLERANCE = 1e-3
+
+
+@dataclass
+class ExtractOptions:
+    """Settings of one extraction (the CLI options)."""
+
+    box: int = 32
+    bin: int = 1
+    coord_pixel_size: float | None = None  # Å per pixel of the pick coordinates (pixel conventions)
+    tomo_pixel_size: float | None = None  # overrides the tomogram headers
+    skip_edge: bool = False
+
+
+@dataclass
+class TomoPlan:
+    """The picks of one tomogram that will be extracted, in reading order."""
+
+    info: TomogramInfo
+    pixel_size: float
+    rows: np.ndarray  # indices into the picks file, reading order
+    positions: np.ndarray  # (n, 3) float64 tomogram pixels (x, y, z)
+    centres: np.ndarray  # (n, 3) int64 centre voxels (x, y, z)
+    edge: np.ndarray  # (n,) bool: the box crosses the tomogram edge and will be filled
+    n_picks: int
+    n_outside: int
+    n_edge_skipped: int
+
+
+@dataclass
+class Plan:
+    """Everything known before a box is cut."""
+
+    picks: Picks
+    options: ExtractOptions
+    tomos: list[TomoPlan]
+    pixel_size: float  # Å of the tomograms (NaN if unknown)
+
+    @property
+    def voxel_size(self) -> float:
+        """The pool's voxel size: the tomogram pixel size times the binning."""
+        return self.pixel_size * self.options.bin
+
+    @property
+    def n_boxes(self) -> int:
+        return sum(len(t.rows) for t in self.tomos)
+
+
+@dataclass
+class TomoSummary:
+    """Counts for one tomogram."""
+
+    name: str
+    path: str
+    picks: int
+    extracted: int
+    edge_filled: int
+    edge_skipped: int
+    outside: int
+
+
+@dataclass
+class Summary:
+    """What an extraction did."""
+
+    pool: str
+    box: int
+    bin: int
+    voxel_size: float
+    tomograms: list[TomoSummary] = field(default_factory=list)
+
+    def total(self, key: str) -> int:
+        return sum(getattr(t, key) for t in self.tomograms)
+
+
+def _no_warn(message: str) -> None:
+    pass
+
+
+def _pixel_size(info: TomogramInfo, options: ExtractOptions, needs: str | None) -> float:
+    pixel = options.tomo_pixel_size if options.tomo_pixel_size is not None else info.pixel_size
+    if needs is not None and math.isnan(pixel):
+        raise InputError(
+            f"{info.path}: the header's pixel size is 0 (unknown) and {needs}; give --tomo-pixel-size"
+        )
+    return pixel
+
+
+def _common_pixel_size(infos: list[TomogramInfo], sizes: list[float]) -> float:
+    first = sizes[0]
+    for info, size in zip(infos, sizes, strict=True):
+        same = (math.isnan(first) and math.isnan(size)) or (
+            abs(size - first) <= PIXEL_TOLERANCE * abs(first)
+        )
+        if not same:
+            raise InputError(
+                f"{info.path}: pixel size {size:g} Å differs from {infos[0].path} ({first:g} Å); one pool "
+                "holds one voxel size, so extract them into separate pools (or set --tomo-pixel-size)"
+            )
+    return first
+
+
+def plan_extraction(
+    picks_path: str | os.PathLike,
+    tomograms: str | os.PathLike,
+    options: ExtractOptions,
+    warn: Warn = _no_warn,
+) -> Plan:
+    """Read the picks and tomogram headers, convert every pick to tomogram pixels and decide which
+    are extracted, edge-filled, skipped or outside. Raises InputError on any bad input."""
+    if options.box < 2 or options.bin < 1:
+        raise CryoalError(f"--box must be at least 2 and --bin at least 1 (got {options.box}, {options.bin})")
+    for flag, value in (("--coord-pixel-size", options.coord_pixel_size),
+                        ("--tomo-pixel-size", options.tomo_pixel_size)):
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise CryoalError(f"{flag} must be a positive number of Å (got {value:g})")
+    tomo_spec = Path(tomograms)
+    single_file = tomo_spec.is_file() and tomo_spec.suffix.lower() not in MAPPING_SUFFIXES
+    default_tomo = _stem(tomo_spec) if single_file else None
+    picks = read_picks(picks_path, default_tomo=default_tomo)
+    conv = picks.convention
+    if conv.in_angstrom and options.coord_pixel_size is not None:
+        warn(f"--coord-pixel-size is ignored: {picks.path} gives {conv.columns[0]} in Å")
+    coord_px = None if conv.in_angstrom else options.coord_pixel_size
+    needs = None
+    if conv.in_angstrom:
+        needs = f"{picks.path} gives positions in Å ({conv.columns[0]})"
+    elif coord_px is not None:
+        needs = "--coord-pixel-size rescales the picks to it"
+    elif picks.origin_angst is not None:
+        needs = f"{picks.path} has rlnOrigin*Angst shifts"
+
+    paths = resolve_tomograms(tomo_spec, picks.tomo_names, picks.path)
+    infos = [inspect_tomogram(name, path, warn) for name, path in paths.items()]
+    sizes = [_pixel_size(info, options, needs) for info in infos]
+    pixel_size = _common_pixel_size(infos, sizes)
+
+    names = np.asarray(picks.tomo_names, dtype=object)
+    cut = options.box * options.bin
+    tomos = []
+    for info in infos:
+        rows = np.flatnonzero(names == info.name)
+        origin = None if picks.origin_angst is None else picks.origin_angst[rows]
+        pos = to_tomogram_pixels(picks.raw_xyz[rows], conv, info.shape, pixel_size, coord_px, origin)
+        centres = centre_voxel(pos)
+        dims_xyz = np.asarray(info.shape[::-1])
+        inside = np.all((centres >= 0) & (centres < dims_xyz), axis=1)
+        edge = crosses_edge(centres, cut, info.shape)
+        keep = inside & ~edge if options.skip_edge else inside
+        n_picks, n_outside, n_edge_skipped = rows.size, int((~inside).sum()), int((inside & ~keep).sum())
+        rows, pos, centres, edge = rows[keep], pos[keep], centres[keep], edge[keep]
+        # Reading order: z, then y, then x (lexsort's last key is the primary one); ties by row.
+        order = np.lexsort((rows, centres[:, 0], centres[:, 1], centres[:, 2]))
+        tomos.append(TomoPlan(
+            info=info, pixel_size=pixel_size, rows=rows[order], positions=pos[order],
+            centres=centres[order], edge=edge[order], n_picks=n_picks, n_outside=n_outside,
+            n_edge_skipped=n_edge_skipped,
+        ))
+    plan = Plan(picks=picks, options=options, tomos=tomos, pixel_size=pixel_size)
+    _check_something_left(plan, coord_px)
+    return plan
+
+
+def _check_something_left(plan: Plan, coord_px: float | None) -> None:
+    n = len(plan.picks)
+    outside = sum(t.n_outside for t in plan.tomos)
+    if outside == n:
+        assumed = plan.picks.convention.describe(plan.pixel_size, coord_px)
+        raise InputError(
+            f"{plan.picks.path}: all {n} picks fall outside their tomograms assuming {assumed}: wrong units?"
+        )
+    if plan.n_boxes == 0:
+        raise InputError(
+            f"{plan.picks.path}: every pick inside a tomogram crosses its edge and --skip-edge leaves "
+            f"them all out (box {plan.options.box * plan.options.bin} voxels before binning)"
+        )
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    for comp in (".gz", ".bz2"):
+        if name.lower().endswith(comp):
+            name = name[: -len(comp)]
+    return Path(name).stem
+
+
+# ------------------------------------------------------------------------------------------
+# Running
+# ------------------------------------------------------------------------------------------
+
+
+def _check_append(pool_path: Path, plan: Plan) -> float:
+    """Refuse an append that would mix voxel sizes or box sizes, or reuse ids (before any work).
+    Returns the pool's voxel size."""
+    from cryoal.io.pool import open_pool
+
+    with open_pool(pool_path) as pool:
+        box = plan.options.box
+        if pool.mode != "subtomogram" or pool.shape != (box, box, box):
+            raise CryoalError(
+                f"{pool_path}: pool holds {pool.mode} particles of shape {pool.shape}; extract writes "
+                f"subtomograms of {box}³ (set --box)"
+            )
+        old, new = pool.voxel_size, plan.voxel_size
+        if not (math.isnan(old) or math.isnan(new)) and abs(old - new) > PIXEL_TOLERANCE * old:
+            raise CryoalError(
+                f"{pool_path}: pool voxel size is {old:g} Å but these boxes would be {new:g} Å "
+                f"(tomogram {plan.pixel_size:g} Å × --bin {plan.options.bin})"
+            )
+        existing = set(pool.particle_ids)
+    wanted = (plan.picks.particle_ids[r] for t in plan.tomos for r in t.rows)
+    clash = next((pid for pid in wanted if pid in existing), None)
+    if clash is not None:
+        raise CryoalError(
+            f"{pool_path}: particle id '{clash}' from {plan.picks.path} is already in the pool (ids are "
+            "rlnTomoParticleName/particle_id, else <tomo>_<n>); give the picks unique ids"
+        )
+    return old
+
+
+class _Batch:
+    """Boxes waiting to be written, in one preallocated array, with their per-particle columns."""
+
+    def __init__(self, box: int) -> None:
+        capacity = max(1, BATCH_BYTES // (box**3 * 4))
+        self.volumes = np.empty((capacity, box, box, box), dtype=np.float32)
+        self.clear()
+
+    def clear(self) -> None:
+        self.rows: list[int] = []
+        self.coords: list[np.ndarray] = []
+        self.edge: list[bool] = []
+
+    @property
+    def full(self) -> bool:
+        return len(self.rows) == len(self.volumes)
+
+    def next_slot(self) -> np.ndarray:
+        """Where the next box goes (then call `add`)."""
+        return self.volumes[len(self.rows)]
+
+    def add(self, row: int, position: np.ndarray, edge: bool) -> None:
+        self.rows.append(row)
+        self.coords.append(position)
+        self.edge.append(edge)
+
+    def flush(self, writer, picks: Picks, info: TomogramInfo) -> None:
+        if not self.rows:
+            return
+        rows = self.rows
+        writer.add(
+            self.volumes[: len(rows)],
+            [picks.particle_ids[r] for r in rows],
+            [str(info.path.resolve())] * len(rows),
+            tomos=[info.name] * len(rows),
+            coords=np.asarray(self.coords, dtype=np.float32),
+            meta={col: [values[r] for r in rows] for col, values in picks.table.items()},
+            edge=np.asarray(self.edge, dtype=bool),
+        )
+        self.clear()
+
+
+def _extract_tomogram(tp: TomoPlan, options: ExtractOptions, writer, picks: Picks, warn: Warn,
+                      progress: Callable[[int], None]) -> None:
+    cut = options.box * options.bin
+    with open_tomogram(tp.info, warn, budget=MAPPED_BUDGET) as reader:
+        fill = reader.mean() if tp.edge.any() else 0.0
+        batch = _Batch(options.box)
+        for k in range(tp.rows.size):
+            raw, _ = reader.box(tp.centres[k], cut, fill)
+            # Ingest's z-score rule: mean 0, std 1; NaN/Inf or a constant box is bad input, named here.
+            name = f"{tp.info.path}: box of particle '{picks.particle_ids[tp.rows[k]]}'"
+            zscore(fourier_bin(raw, options.bin), name, out=batch.next_slot())
+            batch.add(int(tp.rows[k]), tp.positions[k], bool(tp.edge[k]))
+            if batch.full:
+                batch.flush(writer, picks, tp.info)
+            progress(1)
+        batch.flush(writer, picks, tp.info)
+
+
+def run_extraction(
+    plan: Plan,
+    pool_path: str | os.PathLike,
+    *,
+    append: bool = False,
+    warn: Warn = _no_warn,
+    progress: Callable[[int], None] | None = None,
+) -> Summary:
+    """Cut, bin, z-score and write every planned box to the pool (atomically: on any error the
+    pool is left as it was, or not created)."""
+    from cryoal.io.pool import PoolWriter
+
+    pool_path = Path(pool_path)
+    options = plan.options
+    old_voxel_size = _check_append(pool_path, plan) if append else math.nan
+    step = progress or (lambda n: None)
+    shape = (options.box,) * 3
+    summary = Summary(pool=str(pool_path), box=options.box, bin=options.bin, voxel_size=plan.voxel_size)
+    # Uncompressed volumes: z-scored float32 boxes of noisy tomograms do not compress (lzf stores
+    # them at ratio 1.00) while lzf costs ~10x the write time. An appended-to pool keeps its own.
+    with PoolWriter(pool_path, mode="subtomogram", shape=shape, voxel_size=plan.voxel_size,
+                    append=append, compression=None) as writer:
+        if append and math.isnan(old_voxel_size) and not math.isnan(plan.voxel_size):
+            writer.set_voxel_size(plan.voxel_size)  # the pool did not know its voxel size yet
+        for tp in plan.tomos:
+            if tp.rows.size:
+                _extract_tomogram(tp, options, writer, plan.picks, warn, step)
+            n_edge = int(tp.edge.sum())
+            summary.tomograms.append(TomoSummary(
+                name=tp.info.name, path=str(tp.info.path), picks=tp.n_picks, extracted=int(tp.rows.size),
+                edge_filled=n_edge, edge_skipped=tp.n_edge_skipped, outside=tp.n_outside,
+            ))
+    return summary
+
+
+def extract(
+    picks_path: str | os.PathLike,
+    tomograms: str | os.PathLike,
+    pool_path: str | os.PathLike,
+    options: ExtractOptions | None = None,
+    *,
+    append: bool = False,
+    warn: Warn = _no_warn,
+) -> Summary:
+    """Python API: `plan_extraction` then `run_extraction`."""
+    plan = plan_extraction(picks_path, tomograms, options or ExtractOptions(), warn)
+    return run_extraction(plan, pool_path, append=append, warn=warn)
