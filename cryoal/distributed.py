@@ -109,3 +109,77 @@ def run_on_all_ranks(work: Callable[[], T], ctx: DistContext) -> T:
         rank, msg = failed[0]
         raise CryoalError(f"rank {rank} failed: {msg}")
     return result  # type: ignore[return-value]
+
+
+# ------------------------------------------------------------------------------------------
+# Sharding batch lists, gathering results, data-parallel training
+# ------------------------------------------------------------------------------------------
+
+
+def shard_range(n_batches: int, ctx: DistContext) -> tuple[int, int]:
+    """(first, stop) of this rank's contiguous run of `n_batches` batches."""
+    bounds = np.linspace(0, n_batches, ctx.world_size + 1).astype(np.int64)
+    return int(bounds[ctx.rank]), int(bounds[ctx.rank + 1])
+
+
+def shard_batches(batches: Sequence[np.ndarray], ctx: DistContext) -> list[np.ndarray]:
+    """This rank's contiguous run of WHOLE batches (batch boundaries stay those of one process).
+
+    Scores of some models differ in the last bits with what else is in the batch, so ranks score
+    exactly the batches a single process would, and the merged result is identical to it.
+    """
+    first, stop = shard_range(len(batches), ctx)
+    return list(batches[first:stop])
+
+
+def gather_concat(parts: dict[str, np.ndarray] | None, ctx: DistContext) -> dict[str, np.ndarray] | None:
+    """Concatenate each named array over ranks, in rank order, on rank 0 (None elsewhere).
+
+    A rank with nothing to contribute (no batches) passes None.
+    """
+    gathered = gather_objects(parts, ctx)
+    if gathered is None:
+        return None
+    present = [g for g in gathered if g is not None]
+    if not present:
+        return {}
+    return {k: np.concatenate([g[k] for g in present]) for k in present[0]}
+
+
+def barrier(ctx: DistContext) -> None:
+    """Wait for every rank (no-op when not distributed)."""
+    if ctx.distributed:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+def rank_device(device, ctx: DistContext):
+    """The device this rank computes on: CUDA device `local_rank` under torchrun, else `device`."""
+    import torch
+
+    device = torch.device(device)
+    if ctx.distributed and device.type == "cuda":
+        device = torch.device("cuda", ctx.local_rank)
+        torch.cuda.set_device(device)
+    return device
+
+
+def rank_slice(n: int, ctx: DistContext) -> slice:
+    """This rank's contiguous share of the positions 0..n-1 of one global training batch."""
+    bounds = np.linspace(0, n, ctx.world_size + 1).astype(np.int64)
+    return slice(int(bounds[ctx.rank]), int(bounds[ctx.rank + 1]))
+
+
+def all_reduce_sum(values: Sequence[float], ctx: DistContext) -> list[float]:
+    """Sum a few numbers over ranks (float64); the same list on every rank."""
+    if not ctx.distributed:
+        return [float(v) for v in values]
+    import torch
+    import torch.distributed as dist
+
+    t = torch.tensor([float(v) for v in values], dtype=torch.float64)
+    if ctx.backend == "nccl":
+        t = t.cuda()
+    dist.all_reduce(t)
+    return t.cpu().tolist()

@@ -50,6 +50,13 @@ def simulate(
         0.0, "--false-picks", help="Background picks (label 'background') as a fraction of true picks."
     ),
     force: bool = typer.Option(False, "--force", help="Replace a previous simulation in OUT_DIR."),
+    membranes: int = typer.Option(
+        0, "--membranes", help="Write this many membrane images with masks (segmentation mode) instead; "
+        "uses --box, --snr, --seed and --seed-labels (masks given in images.csv)."
+    ),
+    membrane_ndim: int = typer.Option(
+        2, "--membrane-ndim", help="2 (images) or 3 (patches) for --membranes."
+    ),
 ) -> None:
     """Write simulated subtomograms: one MRC per particle, particles.star and truth.csv.
 
@@ -65,6 +72,9 @@ def simulate(
     from cryoal.simulate.shapes import class_names
     from cryoal.simulate.tomograms import iter_tomograms, plan_tomograms
 
+    if membranes:
+        _simulate_membranes(out_dir, membranes, box, membrane_ndim, snr, seed_labels, seed)
+        return
     if classes < 1:
         raise CryoalError(f"--classes: must be at least 1, got {classes}")
     if per_class < 1:
@@ -136,3 +146,21 @@ def simulate(
             f"{counts['false_picks']} false picks to {out_dir}/ (tomograms/*.mrc, tomograms.star, truth.csv, "
             "truth_positions.csv)"
         )
+
+
+def _simulate_membranes(
+    out_dir: Path, n: int, box: int, ndim: int, snr: float, labelled: int, seed: int
+) -> None:
+    """`--membranes N`: membrane images and masks for the segmentation mode (cryoal.simulate.membranes)."""
+    from cryoal.simulate.membranes import write_membrane_set
+
+    if n < 0 or ndim not in (2, 3) or box < 8:
+        raise CryoalError("--membranes must be >= 0, --membrane-ndim 2 or 3, and --box >= 8")
+    if not out_dir.parent.is_dir():
+        raise CryoalError(f"{out_dir}: directory {out_dir.parent} does not exist")
+    info = write_membrane_set(out_dir, n, box, ndim, snr, min(labelled, n), seed)
+    typer.echo(
+        f"wrote {info['n']} membrane {'images' if ndim == 2 else 'patches'} {tuple(info['shape'])} to "
+        f"{out_dir}/ (images/, masks/, images.csv with {info['labelled']} masks, truth_masks.csv; "
+        f"{info['membrane_fraction']:.1%} membrane pixels)"
+    )

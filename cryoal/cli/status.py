@@ -1,4 +1,4 @@
-"""`cryoal status POOL`: counts, box, voxel size and sources of a pool."""
+"""`cryoal status POOL`: counts, box, voxel size, label rounds and sources of a pool."""
 
 from __future__ import annotations
 
@@ -10,21 +10,50 @@ import typer
 from cryoal.cli.app import command
 
 
-@command(epilog="Example: cryoal status pool.h5 --json")
+def _size(nbytes: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if nbytes < 1024 or unit == "GB":
+            return f"{nbytes:.0f} {unit}" if unit == "B" else f"{nbytes:.1f} {unit}"
+        nbytes /= 1024
+    return f"{nbytes:.1f} TB"
+
+
+@command(epilog="Example: cryoal status pool.h5   |   cryoal status pool.h5 --json | jq .per_class")
 def status(
     pool: Path = typer.Argument(..., help="Pool file (HDF5)."),
-    as_json: bool = typer.Option(False, "--json", help="Print a JSON object instead of a table."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
 ) -> None:
-    """Show counts (total, labelled per class, unlabelled), box, voxel size and sources."""
-    from cryoal.io.pool import open_pool
+    """Show counts (total, labelled per class, unlabelled), box, voxel size, label rounds and sources."""
+    from cryoal.summary import pool_summary
 
-    with open_pool(pool) as p:
-        labels = p.labels
-        names = p.class_names
-        info = {
-            "pool": str(pool), "mode": p.mode, "total": len(p),
-            "labelled": int((labels >= 0).sum()), "unlabelled": int((labels < 0).sum()),
-            "per_class": {n: int((labels == i).sum()) for i, n in enumerate(names)},
-            "box": p.box, "shape": list(p.shape), "voxel_size": p.voxel_size,
-        }
-    typer.echo(json.dumps(info) if as_json else str(info))
+    info = pool_summary(pool)
+    if as_json:
+        typer.echo(json.dumps(info))
+        return
+
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"cryoal pool {info['pool']}", show_header=False, title_justify="left")
+    table.add_column("what", style="bold")
+    table.add_column("value", justify="right")
+    table.add_row("particles", str(info["total"]))
+    table.add_row("labelled", str(info["labelled"]))
+    for name, n in info["per_class"].items():
+        table.add_row(f"  {name}", str(n))
+    table.add_row("unlabelled", str(info["unlabelled"]))
+    rounds = info["label_rounds"]
+    table.add_row("label rounds", ", ".join(f"{r}: {n}" for r, n in rounds.items()) if rounds else "none")
+    table.add_row("mode", info["mode"])
+    axes = "(x, y, z)" if len(info["shape"]) == 3 else "(x, y)"
+    table.add_row(f"shape {axes}", " x ".join(str(n) for n in reversed(info["shape"])))
+    table.add_row("box", str(info["box"]))
+    vs = info["voxel_size"]
+    table.add_row("voxel size", f"{vs:g} Å" if vs is not None else "unknown")
+    table.add_row("source files", f"{info['n_source_files']} in {info['n_source_dirs']} director"
+                  + ("y" if info["n_source_dirs"] == 1 else "ies"))
+    table.add_row("tomograms", str(info["n_tomograms"]))
+    if info["edge"] is not None:
+        table.add_row("boxes at a tomogram edge", str(info["edge"]))
+    table.add_row("file size", _size(info["file_bytes"]))
+    Console(highlight=False, soft_wrap=True).print(table)

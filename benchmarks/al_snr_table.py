@@ -1,0 +1,138 @@
+"""Combine the per-SNR results of benchmarks/al_snr.sh into one Markdown table and one figure.
+
+    python benchmarks/al_snr_table.py benchmarks/results/quick [--png docs/al_quick.png]
+
+Reads RESULTS/snr_*/curves.csv (and run.json for the settings) and writes RESULTS/table.md: AUBC
+mean ± std over seeds per scheme (rows) and SNR (columns), the best mean per SNR in bold, and the
+schemes within one standard deviation of it marked with a dagger. The figure has one panel per SNR
+(test accuracy vs labels, mean ± std bands).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from cryoal.benchmark.report import CurveRow, curve_arrays, read_curves, summarize  # noqa: E402
+from cryoal.io.atomic import atomic_open, atomic_path  # noqa: E402
+
+
+def snr_key(path: Path) -> float:
+    """Sort SNR directories from the cleanest (inf) to the noisiest."""
+    value = path.name.removeprefix("snr_")
+    return -math.inf if value == "inf" else -float(value)
+
+
+def load(results: Path) -> list[tuple[str, list[CurveRow], dict]]:
+    """(SNR label, curve rows, run.json) for every finished snr_* directory."""
+    out = []
+    for d in sorted(results.glob("snr_*"), key=snr_key):
+        if not (d / "curves.csv").exists():
+            continue
+        run = json.loads((d / "run.json").read_text()) if (d / "run.json").exists() else {}
+        out.append((d.name.removeprefix("snr_"), read_curves(d / "curves.csv"), run))
+    return out
+
+
+def markdown_table(blocks: list[tuple[str, list[CurveRow], dict]]) -> str:
+    """AUBC mean ± std per scheme and SNR, best in bold, within one std of the best marked †."""
+    schemes: list[str] = []
+    for _, rows, run in blocks:
+        for s in run.get("options", {}).get("schemes", []) or dict.fromkeys(r.scheme for r in rows):
+            if s not in schemes:
+                schemes.append(s)
+    cells: dict[tuple[str, str], str] = {}
+    for snr, rows, _ in blocks:
+        summ = {s.scheme: s for s in summarize(rows)}
+        best = max(summ.values(), key=lambda s: s.aubc_mean)
+        for name, s in summ.items():
+            text = f"{s.aubc_mean:.3f} ± {s.aubc_std:.3f}"
+            if s is best:
+                text = f"**{text}**"
+            elif s.aubc_mean + s.aubc_std >= best.aubc_mean:
+                text += " †"
+            cells[(name, snr)] = text
+    head = "| scheme | " + " | ".join(f"SNR {snr}" for snr, _, _ in blocks) + " |"
+    rule = "|---|" + "---:|" * len(blocks)
+    lines = [head, rule]
+    for name in schemes:
+        lines.append(f"| {name} | " + " | ".join(cells.get((name, snr), "–") for snr, _, _ in blocks) + " |")
+    return "\n".join(lines)
+
+
+def settings_line(blocks) -> str:
+    """One line with the settings shared by the runs (from run.json)."""
+    if not blocks or not blocks[0][2]:
+        return ""
+    run = blocks[0][2]
+    o = run["options"]
+    n_seeds = sorted({o["seeds"] for _, _, r in blocks if r})
+    return (
+        f"{run.get('n_particles')} particles ({len(run.get('class_names', []))} classes) per SNR; "
+        f"test fraction {o['test_fraction']}; initial {o['initial']}, budget {o['budget']} x "
+        f"{o['cycles'] - 1} rounds; {o['epochs']} epochs from scratch each cycle, arch {o['arch']}"
+        f"{' width ' + str(o['width']) if o.get('width') else ''}; seeds {n_seeds}."
+    )
+
+
+def plot(blocks, path: Path) -> None:
+    """One panel per SNR: test accuracy vs labels, mean ± std over seeds, one line per scheme."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fig, axes = plt.subplots(1, len(blocks), figsize=(4.2 * len(blocks), 3.8), sharey=False,
+                             constrained_layout=True, squeeze=False)
+    schemes = list(dict.fromkeys(r.scheme for _, rows, _ in blocks for r in rows))
+    for ax, (snr, rows, _) in zip(axes[0], blocks, strict=True):
+        for k, scheme in enumerate(schemes):
+            seeds = sorted({r.seed for r in rows if r.scheme == scheme})
+            curves = [curve_arrays(rows, scheme, s) for s in seeds]
+            if not curves:
+                continue
+            m = min(len(c[0]) for c in curves)
+            acc = np.stack([c[1][:m] for c in curves])
+            mean = acc.mean(0)
+            std = acc.std(0, ddof=1) if len(curves) > 1 else np.zeros(m)
+            style = "-" if scheme in ("expected", "entropy") else "--"
+            ax.plot(curves[0][0][:m], mean, style, marker="o", ms=3, color=f"C{k}", label=scheme)
+            ax.fill_between(curves[0][0][:m], mean - std, mean + std, color=f"C{k}", alpha=0.12, lw=0)
+        ax.set_title(f"SNR {snr}")
+        ax.set_xlabel("labelled particles")
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("test accuracy")
+    axes[0][-1].legend(fontsize=7, loc="lower right")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("results", type=Path, help="benchmarks/results/<variant>")
+    ap.add_argument("--png", type=Path, help="also write the figure here")
+    args = ap.parse_args()
+    blocks = load(args.results)
+    if not blocks:
+        sys.exit(f"error: {args.results}: no snr_*/curves.csv yet")
+    text = (
+        "AUBC (area under the test-accuracy vs labels curve, over the label range), mean ± std over "
+        "seeds. **Bold**: best mean per SNR; †: within one std of it.\n\n"
+        + markdown_table(blocks) + "\n\n" + settings_line(blocks) + "\n"
+    )
+    with atomic_open(args.results / "table.md", "w") as fh:
+        fh.write(text)
+    print(text)
+    if args.png:
+        plot(blocks, args.png)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,188 @@
+"""A big pool end to end: ingest, `select --scheme entropy` and plain inference (`predict`), with
+wall time, throughput and peak RSS of each command measured in its own process.
+
+    .venv/bin/python benchmarks/big_pool.py                        # 100,000 particles at 32^3
+    .venv/bin/python benchmarks/big_pool.py --n 20000 --score 4000 # what fits a busy 2-core CPU
+    bash benchmarks/big_pool.sh                                    # the run reported in the README
+
+Steps, in a scratch directory that is deleted at the end (`--keep` keeps it):
+1. write N single-particle MRC files (float32, 10 Å voxels; not timed as part of cryoal);
+2. `cryoal ingest DIR -o pool.h5`: the pool is uncompressed, on purpose: z-scored noisy volumes
+   do not shrink (lzf/gzip save < 10% on noise, see benchmarks/ingest_speed.py), so compression
+   would only cost CPU on every read; the MRC files are deleted right after;
+3. a checkpoint of the default architecture (random weights: speed does not depend on them);
+4. `cryoal predict` (plain batched inference over the scored particles) and
+   `cryoal select --scheme entropy -n 100`, on the whole pool, or with `--score K` on a random
+   K of it (`--pool-subset K`; predict then reads a pool of those K particles copied out, so both
+   commands process the same particles);
+5. a table and a JSON line: seconds, particles/s, peak RSS (VmHWM of the command's process), and
+   select throughput as a fraction of plain-inference throughput.
+
+Disk: N x box^3 x 4 bytes twice at the peak (the MRC files and the pool): 26 GB for 100k at 32^3.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+# Runs the cryoal CLI in this process and writes its peak RSS (VmHWM) at exit.
+RSS_WRAPPER = r"""
+import atexit, os, sys
+def _peak():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            open(os.environ["CRYOAL_RSS_FILE"], "w").write(line.split()[1])
+atexit.register(_peak)
+from cryoal.cli import main
+sys.argv = ["cryoal", *sys.argv[1:]]
+main()
+"""
+
+
+def write_mrc_files(directory: Path, n: int, box: int, seed: int = 0) -> float:
+    """N float32 MRC files, fast: one header (from mrcfile), data from a bank of random volumes."""
+    import mrcfile
+
+    directory.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    bank = rng.standard_normal((256, box, box, box), dtype=np.float32)
+    probe = directory / ".probe.mrc"
+    with mrcfile.new(probe, overwrite=True) as m:
+        m.set_data(bank[0])
+        m.voxel_size = 10.0
+    header = probe.read_bytes()[:1024]
+    probe.unlink()
+    t0 = time.perf_counter()
+    for i in range(n):
+        # shift and scale each copy so no two files are the same bytes
+        vol = bank[i % len(bank)] * np.float32(1 + (i % 97) / 97) + np.float32(i % 13)
+        sub = directory / f"{i // 1000:04d}"
+        if i % 1000 == 0:
+            sub.mkdir(exist_ok=True)
+        with open(sub / f"p{i:07d}.mrc", "wb") as fh:
+            fh.write(header)
+            fh.write(vol.tobytes())
+    return time.perf_counter() - t0
+
+
+def run_cli(args: list[str], workdir: Path, env_extra: dict | None = None) -> dict:
+    """Run `cryoal ARGS` in a fresh process; returns seconds, peak RSS (MiB) and the output."""
+    wrapper = workdir / "rss_wrapper.py"
+    wrapper.write_text(RSS_WRAPPER)
+    rss_file = workdir / "rss.txt"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "CRYOAL_RSS_FILE": str(rss_file), **(env_extra or {})}
+    t0 = time.perf_counter()
+    res = subprocess.run([sys.executable, str(wrapper), *args], capture_output=True, text=True, env=env)
+    seconds = time.perf_counter() - t0
+    if res.returncode != 0:
+        raise SystemExit(f"cryoal {' '.join(args)} failed ({res.returncode}):\n{res.stderr[-2000:]}")
+    return {"seconds": seconds, "peak_rss_mib": int(rss_file.read_text()) / 1024, "stdout": res.stdout}
+
+
+def make_checkpoint(path: Path, box: int, n_classes: int, arch: str | None) -> str:
+    """A randomly initialised default-architecture model for `box`^3 particles."""
+    import torch
+
+    from cryoal.checkpoint import save_checkpoint
+    from cryoal.models import DEFAULT_ARCH, build_model
+
+    arch = arch or DEFAULT_ARCH
+    torch.manual_seed(0)
+    model = build_model(arch, (box,) * 3, n_classes)
+    names = [f"class{k}" for k in range(n_classes)]
+    save_checkpoint(path, model, {"mode": "subtomogram", "class_names": names, "input_shape": [box] * 3,
+                                  "box": box, "voxel_size": 10.0, "arch": arch})
+    return arch
+
+
+def subset_pool(pool_path: Path, out: Path, k: int, seed: int) -> None:
+    """Copy the particles `select --pool-subset k --seed seed` scores into a pool of their own."""
+    from cryoal.io.pool import PoolWriter, open_pool
+    from cryoal.io.prefetch import BatchReader
+
+    with open_pool(pool_path) as pool:
+        idx = np.sort(np.random.default_rng(seed).choice(len(pool), size=k, replace=False))
+        with PoolWriter(out, shape=pool.shape, voxel_size=pool.voxel_size, compression=None) as w:
+            for b, vols in BatchReader(pool, idx, 512):
+                w.add(vols, list(pool.particle_ids[b]), list(pool.sources[b]))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--n", type=int, default=100_000, help="particles in the pool")
+    ap.add_argument("--box", type=int, default=32)
+    ap.add_argument("--score", type=int, default=0, help="score a random K of the pool (0: all)")
+    ap.add_argument("--classes", type=int, default=5)
+    ap.add_argument("--arch", default=None, help="model architecture (default: cryoal's default)")
+    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--workdir", default=None, help="scratch directory (default: a temporary one)")
+    ap.add_argument("--keep", action="store_true", help="keep the scratch directory")
+    args = ap.parse_args()
+
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="cryoal-bigpool-"))
+    work.mkdir(parents=True, exist_ok=True)
+    report: dict = {
+        "n": args.n, "box": args.box, "score": args.score or args.n, "batch_size": args.batch_size,
+        "device": args.device, "cpus": len(os.sched_getaffinity(0)),
+    }
+    try:
+        mrc_dir = work / "mrc"
+        report["write_mrc_s"] = write_mrc_files(mrc_dir, args.n, args.box)
+        print(f"wrote {args.n} MRC files in {report['write_mrc_s']:.0f} s", file=sys.stderr)
+        pool = work / "pool.h5"
+        ing = run_cli(["ingest", str(mrc_dir), "-o", str(pool), "--compression", "none"], work)
+        shutil.rmtree(mrc_dir)
+        report["ingest"] = {"seconds": ing["seconds"], "per_s": args.n / ing["seconds"],
+                            "peak_rss_mib": ing["peak_rss_mib"], "pool_gb": pool.stat().st_size / 1e9}
+        print(f"ingest: {ing['seconds']:.0f} s, pool {report['ingest']['pool_gb']:.1f} GB", file=sys.stderr)
+
+        model = work / "model.pt"
+        report["arch"] = make_checkpoint(model, args.box, args.classes, args.arch)
+        common = ["-m", str(model), "--batch-size", str(args.batch_size), "--device", args.device]
+        scored = args.score or args.n
+        predict_pool = pool
+        subset = []
+        if args.score:
+            predict_pool = work / "subset.h5"
+            subset_pool(pool, predict_pool, args.score, seed=0)
+            subset = ["--pool-subset", str(args.score), "--seed", "0"]
+        pred = run_cli(["predict", str(predict_pool), *common, "-o", str(work / "pred.csv")], work)
+        sel = run_cli(["select", str(pool), *common, "--scheme", "entropy", "-n", "100", *subset,
+                       "-o", str(work / "sel.csv")], work)
+        for name, res in (("predict", pred), ("select_entropy", sel)):
+            report[name] = {"seconds": res["seconds"], "per_s": scored / res["seconds"],
+                            "peak_rss_mib": res["peak_rss_mib"]}
+        report["select_over_inference"] = report["select_entropy"]["per_s"] / report["predict"]["per_s"]
+    finally:
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+    gb = report["ingest"]["pool_gb"]
+    print(f"\nbig pool: {args.n} particles at {args.box}^3 ({gb:.1f} GB, uncompressed), "
+          f"scored {report['score']}, arch {report['arch']}, batch {args.batch_size}, {args.device}, "
+          f"{report['cpus']} CPUs")
+    print(f"{'step':<16} {'seconds':>9} {'particles/s':>12} {'peak RSS MiB':>13}")
+    for name in ("ingest", "predict", "select_entropy"):
+        r = report[name]
+        print(f"{name:<16} {r['seconds']:>9.1f} {r['per_s']:>12.1f} {r['peak_rss_mib']:>13.0f}")
+    print(f"select --scheme entropy throughput = {report['select_over_inference']:.2f} x plain inference")
+    print(json.dumps(report))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,413 @@
+"""The oracle active-learning loop behind `cryoal benchmark`.
+
+For each seed: one stratified test split (never selectable) and one initial labelled set, shared
+by every scheme. For each scheme, each cycle trains a classifier on the labelled set, scores it
+on the test split, selects `budget` particles among the unlabelled non-test ones with the same
+code path as `cryoal select`, and reveals their true labels (in memory: the pool file is only
+read). The cycle-0 model depends on the seed alone, so it is trained once per seed and shared.
+
+State lives in OUT_DIR: `curves.csv` (one row per finished cycle) and `selections.csv` (the ids
+each scheme picked). Both are rewritten atomically after every cycle, so an interrupted run
+leaves valid files and `--resume` re-derives every labelled set exactly from them.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from cryoal.benchmark import splits
+from cryoal.benchmark.report import (
+    CurveRow,
+    Selection,
+    read_curves,
+    read_selections,
+    write_curves,
+    write_selections,
+)
+from cryoal.errors import CryoalError
+from cryoal.io.pool import Pool
+
+CURVES = "curves.csv"
+SELECTIONS = "selections.csv"
+STATE_DIR = "state"
+CACHE_BYTES = 2 * 1024**3  # pools up to this size are held in memory during the run
+
+
+@dataclass
+class BenchmarkConfig:
+    """Every option of one benchmark run (recorded in run.json; checked again on --resume)."""
+
+    schemes: list[str]
+    seeds: int = 3
+    initial: int = 50
+    budget: int = 50
+    cycles: int = 5
+    test_fraction: float = 0.2
+    val_fraction: float = 0.2
+    epochs: int = 20
+    batch_size: int = 16
+    arch: str = "resnet3d"
+    width: int | None = None  # the arch's channel width (None: its default)
+    lr: float = 1e-3
+    weight_decay: float = 1e-2
+    patience: int = 0
+    warm_start: bool = False
+    warm_epochs: int | None = None  # epochs of a fine-tuning cycle (None: `epochs`)
+    device: str = "auto"
+    mc_passes: int = 20
+    norm: str = "l2"
+    score_batch_size: int = 64
+
+    # options that change results: a resumed run must use the same values
+    RESULT_KEYS = (
+        "initial", "budget", "test_fraction", "val_fraction", "epochs", "batch_size", "arch", "width", "lr",
+        "weight_decay", "patience", "warm_start", "warm_epochs", "mc_passes", "norm",
+    )
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @property
+    def arch_kwargs(self) -> dict:
+        return {} if self.width is None else {"width": self.width}
+
+    def labels_at(self, cycle: int) -> int:
+        """Number of labelled particles at `cycle`."""
+        return self.initial + cycle * self.budget
+
+
+@dataclass
+class BenchmarkData:
+    """The pool (read only) with the oracle's truth, aligned to pool rows."""
+
+    pool: Pool
+    truth: np.ndarray  # (N,) class index per pool row
+    class_names: list[str]
+    workdir: Path = field(default_factory=Path)  # scratch files of the steps (OUT_DIR/state)
+    scratch: dict = field(default_factory=dict, repr=False)  # what the steps cache between calls
+    _volumes: np.ndarray | None = field(default=None, repr=False)
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def particle_ids(self) -> np.ndarray:
+        return self.pool.particle_ids
+
+    def read(self, indices: np.ndarray) -> np.ndarray:
+        """Volumes of the given pool rows. A pool under CACHE_BYTES is read once and kept in memory
+        (every cycle reads the labelled and test sets again); a bigger one is read on demand."""
+        if self._volumes is None and self._fits_in_cache():
+            self._volumes = self.pool.read(slice(None))
+        if self._volumes is not None:
+            return self._volumes[np.asarray(indices, dtype=np.int64)]
+        return self.pool.read(indices)
+
+    def _fits_in_cache(self) -> bool:
+        return len(self.pool) * int(np.prod(self.pool.shape)) * 4 <= CACHE_BYTES
+
+
+@dataclass
+class Timings:
+    """Seconds spent per step, summed over the run (reported in run.json)."""
+
+    train: float = 0.0
+    evaluate: float = 0.0
+    select: dict[str, float] = field(default_factory=dict)
+    n_train: int = 0
+
+    def add_select(self, scheme: str, seconds: float) -> None:
+        self.select[scheme] = self.select.get(scheme, 0.0) + seconds
+
+
+@dataclass
+class SeedSplit:
+    """The split of one seed: test particles and the initial labelled set (pool row indices)."""
+
+    test: np.ndarray
+    initial: np.ndarray
+    selectable: np.ndarray  # every non-test row
+
+
+def make_split(truth: np.ndarray, seed: int, config: BenchmarkConfig) -> SeedSplit:
+    """The test split and initial labelled set of `seed` (identical for every scheme).
+
+    Raises CryoalError when the run asks for more labels than the non-test particles hold.
+    """
+    test = splits.stratified_holdout(truth, config.test_fraction, splits.rng_for(seed, splits.TEST_SPLIT))
+    selectable = np.setdiff1d(np.arange(truth.size), test)
+    check_feasible(truth.size, test.size, config)
+    initial = splits.balanced_sample(
+        truth, selectable, config.initial, splits.rng_for(seed, splits.INITIAL_SET)
+    )
+    return SeedSplit(test, initial, selectable)
+
+
+def check_feasible(n_particles: int, n_test: int, config: BenchmarkConfig) -> None:
+    """Raise CryoalError when the labels the run asks for exceed the selectable pool."""
+    remaining = n_particles - n_test
+    if config.initial > remaining:
+        raise CryoalError(
+            f"--initial {config.initial} is larger than the {remaining} particles outside the test split"
+        )
+    needed = config.labels_at(config.cycles - 1)
+    if needed > remaining:
+        left = remaining - config.initial
+        raise CryoalError(
+            f"--budget {config.budget}: {config.cycles - 1} selection rounds need "
+            f"{needed - config.initial} particles but only {left} remain after the test split "
+            f"({n_test}) and --initial {config.initial}; lower --budget or --cycles"
+        )
+
+
+# -- the steps a cycle is made of (the product code paths; see steps.py) ---------------------
+
+
+@dataclass
+class Steps:
+    """Train, evaluate and select: the three calls into cryoal that one cycle makes.
+
+    Default implementations live in `cryoal.benchmark.steps`; tests may wrap them (e.g. to
+    interrupt a run) without touching the loop.
+    """
+
+    train: Callable  # (data, indices, config, seed, cycle, init_model) -> model
+    evaluate: Callable  # (model, data, indices, config) -> (accuracy, macro_f1)
+    select: Callable  # (model, data, candidates, labelled, scheme, n, config, seed, cycle) -> indices
+    release: Callable = lambda data: None  # delete the steps' scratch files at the end
+
+
+def default_steps() -> Steps:
+    """The real train/evaluate/select of cryoal."""
+    from cryoal.benchmark import steps
+
+    return Steps(steps.train_model, steps.evaluate_model, steps.select_particles, steps.release)
+
+
+# -- resumable state ------------------------------------------------------------------------
+
+
+class RunState:
+    """The finished curve points and selections, mirrored to OUT_DIR after every change."""
+
+    def __init__(self, out_dir: Path, rows: Sequence[CurveRow] = (), picks: Sequence[Selection] = ()):
+        self.out_dir = out_dir
+        self.rows: dict[tuple[str, int, int], CurveRow] = {r.key: r for r in rows}
+        self.picks: list[Selection] = list(picks)
+
+    @classmethod
+    def load(cls, out_dir: Path) -> RunState:
+        """Read curves.csv and selections.csv; drop selections made after the last finished cycle."""
+        rows = read_curves(out_dir / CURVES) if (out_dir / CURVES).exists() else []
+        picks = read_selections(out_dir / SELECTIONS) if (out_dir / SELECTIONS).exists() else []
+        state = cls(out_dir, rows)
+        # a selection is written before its cycle's curve row: one without the row is discarded
+        state.picks = [p for p in picks if (p.scheme, p.seed, p.cycle) in state.rows]
+        return state
+
+    def done_cycles(self, scheme: str, seed: int) -> int:
+        """How many consecutive cycles (from 0) of this (scheme, seed) are finished."""
+        k = 0
+        while (scheme, seed, k) in self.rows:
+            k += 1
+        return k
+
+    def has_picks(self, scheme: str, seed: int, cycle: int) -> bool:
+        """True when (scheme, seed) recorded a selection after training at `cycle`."""
+        return any(p.scheme == scheme and p.seed == seed and p.cycle == cycle for p in self.picks)
+
+    def selected(self, scheme: str, seed: int, before_cycle: int, ids: np.ndarray) -> np.ndarray:
+        """Pool rows selected by (scheme, seed) at cycles < before_cycle, in selection order."""
+        lookup = {pid: i for i, pid in enumerate(ids)}
+        picks = sorted(
+            (p for p in self.picks if p.scheme == scheme and p.seed == seed and p.cycle < before_cycle),
+            key=lambda p: (p.cycle, p.rank),
+        )
+        missing = [p.particle_id for p in picks if p.particle_id not in lookup]
+        if missing:
+            raise CryoalError(f"{self.out_dir / SELECTIONS}: particle '{missing[0]}' is not in the pool")
+        return np.asarray([lookup[p.particle_id] for p in picks], dtype=np.int64)
+
+    def record(self, row: CurveRow, picks: Sequence[Selection]) -> None:
+        """Add one finished cycle and write both files (selections first: see `load`)."""
+        self.picks.extend(picks)
+        write_selections(self.out_dir / SELECTIONS, self.picks)
+        self.rows[row.key] = row
+        write_curves(self.out_dir / CURVES, list(self.rows.values()))
+
+    def all_rows(self) -> list[CurveRow]:
+        return list(self.rows.values())
+
+
+# -- the loop -------------------------------------------------------------------------------
+
+
+def _state_path(out_dir: Path, name: str) -> Path:
+    d = out_dir / STATE_DIR
+    d.mkdir(exist_ok=True)
+    return d / name
+
+
+def _save_state(path: Path, model, extra: dict) -> None:
+    import torch
+
+    from cryoal.io.atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        torch.save({"state_dict": model.state_dict(), **extra}, tmp)
+
+
+def _load_state(path: Path, model) -> dict:
+    import torch
+
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    model.load_state_dict(blob["state_dict"])
+    return blob
+
+
+Progress = Callable[[str], None]
+
+
+def run_benchmark(
+    data: BenchmarkData,
+    config: BenchmarkConfig,
+    out_dir: str | os.PathLike,
+    *,
+    resume: bool = False,
+    steps: Steps | None = None,
+    log: Progress | None = None,
+    advance: Callable[[], None] | None = None,
+    timings: Timings | None = None,
+) -> list[CurveRow]:
+    """Run (or continue) the experiment; returns every curve point. Writes OUT_DIR as it goes."""
+    out = Path(out_dir)
+    steps = steps or default_steps()
+    timings = timings if timings is not None else Timings()
+    log = log or (lambda msg: None)
+    state = RunState.load(out) if resume else RunState(out)
+    ids = data.particle_ids
+    data.workdir = out / STATE_DIR
+    data.workdir.mkdir(parents=True, exist_ok=True)
+    try:
+        _run_seeds(data, config, steps, state, out, ids, timings, log, advance)
+    finally:
+        steps.release(data)
+    return state.all_rows()
+
+
+def _run_seeds(data, config, steps, state, out, ids, timings, log, advance) -> None:
+    for seed in range(config.seeds):
+        split = make_split(data.truth, seed, config)
+        todo = [s for s in config.schemes if state.done_cycles(s, seed) < config.cycles]
+        if not todo:
+            continue
+        shared0: dict = {}  # the cycle-0 model and its scores, trained once for this seed
+
+        def cycle0(seed=seed, split=split, shared0=shared0):
+            if "model" not in shared0:
+                shared0.update(_cycle0(data, config, steps, out, seed, split, timings, log))
+            return shared0["model"], shared0["scores"]
+
+        for scheme in todo:
+            _run_scheme(data, config, steps, state, scheme, seed, split, cycle0, ids, timings, log, advance)
+
+
+def _cycle0(data, config, steps, out, seed, split, timings, log) -> dict:
+    """Train and evaluate the seed's cycle-0 model once; cached on disk for --resume."""
+    path = _state_path(out, f"cycle0-seed{seed}.pt")
+    model = None
+    if path.exists():
+        model = steps.train(data, split.initial, config, seed, 0, None, build_only=True)
+        blob = _load_state(path, model)
+        if blob.get("initial_ids") == [str(i) for i in data.particle_ids[split.initial]]:
+            log(f"seed {seed}: cycle-0 model reused from {path}")
+            return {"model": model, "scores": (float(blob["accuracy"]), float(blob["macro_f1"]))}
+        model = None  # another split: train afresh
+    t0 = time.perf_counter()
+    model = steps.train(data, split.initial, config, seed, 0, None)
+    timings.train += time.perf_counter() - t0
+    timings.n_train += 1
+    t0 = time.perf_counter()
+    scores = steps.evaluate(model, data, split.test, config)
+    timings.evaluate += time.perf_counter() - t0
+    _save_state(path, model, {
+        "accuracy": scores[0], "macro_f1": scores[1],
+        "initial_ids": [str(i) for i in data.particle_ids[split.initial]],
+    })
+    return {"model": model, "scores": scores}
+
+
+def _run_scheme(data, config, steps, state, scheme, seed, split, cycle0, ids, timings, log, advance) -> None:
+    start = state.done_cycles(scheme, seed)
+    if 0 < start < config.cycles and not state.has_picks(scheme, seed, start - 1):
+        # the last finished cycle was the final one of a shorter run and selected nothing: redo it
+        start -= 1
+    labelled = np.concatenate([split.initial, state.selected(scheme, seed, start, ids)])
+    model = None
+    if config.warm_start and start == 1:
+        model = _copy_model(cycle0()[0])
+    elif config.warm_start and start > 1:  # fine-tune from the model the interrupted run saved
+        model = steps.train(data, labelled, config, seed, start - 1, None, build_only=True)
+        _load_state(_warm_path(state.out_dir, scheme, seed, start - 1), model)
+    for cycle in range(start, config.cycles):
+        if labelled.size != config.labels_at(cycle):  # an invariant of the loop, not user input
+            raise RuntimeError(f"{scheme} seed {seed} cycle {cycle}: {labelled.size} labels")
+        if cycle == 0:
+            model, (acc, f1) = cycle0()
+            if config.warm_start:
+                model = _copy_model(model)  # fine-tuning must not change the shared cycle-0 model
+        else:
+            t0 = time.perf_counter()
+            model = steps.train(data, labelled, config, seed, cycle, model if config.warm_start else None)
+            timings.train += time.perf_counter() - t0
+            timings.n_train += 1
+            t0 = time.perf_counter()
+            acc, f1 = steps.evaluate(model, data, split.test, config)
+            timings.evaluate += time.perf_counter() - t0
+        picks: list[Selection] = []
+        took = 0.0
+        if cycle < config.cycles - 1:
+            candidates = np.setdiff1d(split.selectable, labelled)
+            t0 = time.perf_counter()
+            chosen = np.asarray(steps.select(
+                model, data, candidates, labelled, scheme, config.budget, config, seed, cycle
+            ), dtype=np.int64)
+            took = time.perf_counter() - t0
+            timings.add_select(scheme, took)
+            _check_selection(chosen, candidates, config.budget, scheme)
+            picks = [Selection(scheme, seed, cycle, r + 1, str(ids[i])) for r, i in enumerate(chosen)]
+            labelled = np.concatenate([labelled, chosen])
+        if config.warm_start and cycle < config.cycles - 1:
+            _save_state(_warm_path(state.out_dir, scheme, seed, cycle), model, {})
+            _warm_path(state.out_dir, scheme, seed, cycle - 1).unlink(missing_ok=True)
+        row = CurveRow(scheme, seed, cycle, config.labels_at(cycle), float(acc), float(f1))
+        state.record(row, picks)
+        log(
+            f"seed {seed} {scheme:<16} cycle {cycle}: n={row.n_labeled:<5} acc={acc:.3f} "
+            f"f1={f1:.3f}" + (f" (select {took:.1f}s)" if picks else "")
+        )
+        if advance is not None:
+            advance()
+
+
+def _warm_path(out_dir: Path, scheme: str, seed: int, cycle: int) -> Path:
+    return _state_path(out_dir, f"{scheme}-seed{seed}-cycle{cycle}.pt")
+
+
+def _check_selection(chosen: np.ndarray, candidates: np.ndarray, budget: int, scheme: str) -> None:
+    # the product's selection must honour the candidate set: a test particle must never leak in
+    if chosen.size != budget or np.unique(chosen).size != budget or not np.isin(chosen, candidates).all():
+        raise RuntimeError(f"scheme {scheme} returned an invalid selection ({chosen.size} of {budget})")
+
+
+def _copy_model(model):
+    import copy
+
+    return copy.deepcopy(model)

@@ -1,0 +1,137 @@
+"""What `cryoal benchmark` does between parsing its options and exiting: open the pool and the
+truth, run the loop with a progress bar, then write summary.csv, curves.png, run.json and the table.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import platform
+import shlex
+import sys
+from pathlib import Path
+
+from cryoal.benchmark.loop import BenchmarkConfig, Steps, Timings, make_split, run_benchmark
+from cryoal.benchmark.report import (
+    plot_curves,
+    summarize,
+    summary_dicts,
+    summary_table,
+    write_json,
+    write_summary,
+)
+from cryoal.benchmark.truth import load_truth
+from cryoal.errors import CryoalError
+from cryoal.io.pool import open_pool
+
+RUN_JSON = "run.json"
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def versions() -> dict[str, str]:
+    """Versions of everything that changes the numbers."""
+    import numpy
+    import torch
+
+    from cryoal import __version__
+
+    return {
+        "cryoal": __version__, "torch": torch.__version__, "numpy": numpy.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def check_resumable(out: Path, config: BenchmarkConfig, pool: Path, truth: Path) -> list[dict]:
+    """On --resume, the options that shape the results must match the previous run's run.json.
+
+    Returns the previous run records (kept in the new run.json's `previous_runs`).
+    """
+    path = out / RUN_JSON
+    if not path.exists():
+        raise CryoalError(f"{out}: nothing to resume (no {RUN_JSON})")
+    try:
+        prev = json.loads(path.read_text(encoding="utf-8"))
+        old = prev["options"]
+    except (ValueError, KeyError, TypeError):
+        raise CryoalError(f"{path}: not a cryoal benchmark run.json") from None
+    new = config.to_dict()
+    for key in BenchmarkConfig.RESULT_KEYS:
+        if key in old and old[key] != new[key]:
+            raise CryoalError(
+                f"--resume: option {key} was {old[key]!r} in {path}, now {new[key]!r}; "
+                "use the same options or another directory"
+            )
+    if prev.get("pool") and Path(prev["pool"]).resolve() != pool.resolve():
+        raise CryoalError(f"--resume: {path} was made with pool {prev['pool']}, not {pool}")
+    history = list(prev.get("previous_runs", []))
+    history.append({k: prev.get(k) for k in ("command", "start", "end", "versions")})
+    return history
+
+
+def run_cli(pool_path: Path, truth_path: Path, out: Path, console, *, resume: bool, arch: str | None,
+            steps: Steps | None = None, **options) -> None:
+    """Run the whole benchmark command (options as in `BenchmarkConfig`)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from cryoal.models import DEFAULT_ARCH
+
+    config = BenchmarkConfig(arch=arch or DEFAULT_ARCH, **options)
+    history = check_resumable(out, config, pool_path, truth_path) if resume else []
+    with open_pool(pool_path) as pool:
+        if pool.mode != "subtomogram":
+            raise CryoalError(f"{pool_path}: benchmark needs a subtomogram pool, this one is {pool.mode}")
+        data = load_truth(pool, truth_path)
+        make_split(data.truth, 0, config)  # bad sizes fail here, before OUT is touched
+        out.mkdir(exist_ok=True)
+        record = {
+            "command": shlex.join(["cryoal", *sys.argv[1:]]),
+            "argv": list(sys.argv),
+            "pool": str(pool_path.resolve()),
+            "truth": str(truth_path.resolve()),
+            "n_particles": int(data.truth.size),
+            "class_names": data.class_names,
+            "options": config.to_dict(),
+            "versions": versions(),
+            "start": _now(),
+            "end": None,
+            "previous_runs": history,
+        }
+        write_json(out / RUN_JSON, record)
+        timings = Timings()
+        total = config.seeds * len(config.schemes) * config.cycles
+        with Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            console=console, transient=False,
+        ) as bar:
+            task = bar.add_task("benchmark cycles", total=total)
+            if resume:
+                from cryoal.benchmark.loop import RunState
+
+                state = RunState.load(out)
+                done = sum(min(state.done_cycles(s, k), config.cycles)
+                           for s in config.schemes for k in range(config.seeds))
+                bar.update(task, completed=done)
+            rows = run_benchmark(
+                data, config, out, resume=resume, steps=steps, timings=timings,
+                log=lambda msg: bar.console.log(msg), advance=lambda: bar.advance(task),
+            )
+    # a resumed run may have asked for fewer schemes/seeds/cycles than the files hold: report these
+    rows = [r for r in rows
+            if r.scheme in config.schemes and r.seed < config.seeds and r.cycle < config.cycles]
+    summary = summarize(rows, config.schemes)
+    write_summary(out / "summary.csv", summary)
+    plot_curves(out / "curves.png", rows, config.schemes,
+                title=f"{pool_path.name}: {len(data.class_names)} classes, {config.seeds} seeds")
+    record.update({
+        "end": _now(), "summary": summary_dicts(summary),
+        "seconds": {"train": round(timings.train, 2), "n_trainings": timings.n_train,
+                    "evaluate": round(timings.evaluate, 2),
+                    "select": {k: round(v, 2) for k, v in timings.select.items()}},
+    })
+    write_json(out / RUN_JSON, record)
+    from rich.console import Console
+
+    Console().print(summary_table(summary, title=f"AL benchmark: AUBC and final test accuracy ({out})"))

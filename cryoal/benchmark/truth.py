@@ -1,0 +1,50 @@
+"""The oracle: true labels of every pool particle, read from a `particle_id,label` table."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from cryoal.benchmark.loop import BenchmarkData
+from cryoal.errors import InputError
+from cryoal.io.pool import Pool
+from cryoal.io.tables import read_table
+
+
+def class_order(pool_names: list[str], truth_names: set[str]) -> list[str]:
+    """The pool's class names first (their order is the model's output order), then new ones sorted."""
+    return list(pool_names) + sorted(truth_names - set(pool_names))
+
+
+def load_truth(pool: Pool, path: str | os.PathLike) -> BenchmarkData:
+    """Align the truth table to the pool rows. Every pool particle needs a non-empty label.
+
+    Truth rows for ids that are not in the pool are ignored (a truth file may cover more
+    particles than one pool holds); a duplicated id with two different labels is an error.
+    """
+    path = Path(path)
+    table = read_table(path)
+    for col in ("particle_id", "label"):
+        if col not in table:
+            raise InputError(f"{path}: needs columns particle_id,label; found {','.join(table) or 'none'}")
+    truth: dict[str, str] = {}
+    for pid, lab in zip(table["particle_id"], table["label"], strict=True):
+        if not lab:
+            continue
+        if truth.setdefault(pid, lab) != lab:
+            raise InputError(f"{path}: particle '{pid}' has two labels, '{truth[pid]}' and '{lab}'")
+    ids = pool.particle_ids
+    missing = [pid for pid in ids if pid not in truth]
+    if missing:
+        raise InputError(
+            f"{path}: no true label for {len(missing)} of the {len(ids)} pool particles "
+            f"(first: '{missing[0]}')"
+        )
+    labels = [truth[pid] for pid in ids]
+    names = class_order(pool.class_names, set(labels))
+    if len(names) < 2:
+        raise InputError(f"{path}: the pool's particles all have the same true label '{names[0]}'")
+    index = {name: k for k, name in enumerate(names)}
+    return BenchmarkData(pool, np.asarray([index[lab] for lab in labels], dtype=np.int64), names)

@@ -1,0 +1,105 @@
+"""`cryoal benchmark`: the simulated active-learning experiment with an oracle."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from cryoal.cli.app import command, stderr_console
+from cryoal.errors import CryoalError
+
+ALL_SCHEMES = (
+    "expected", "entropy", "random", "max-entropy", "margin", "least-confidence", "bald", "coreset", "badge",
+)
+
+
+def parse_schemes(text: str | None, known: tuple[str, ...]) -> list[str]:
+    """`a,b,c` -> a list, in the given order, without repeats; unknown names are an error."""
+    if not text:
+        return list(known)
+    names = list(dict.fromkeys(s.strip() for s in text.split(",") if s.strip()))
+    for name in names:
+        if name not in known:
+            raise CryoalError(f"--schemes: unknown scheme '{name}'; choose from {', '.join(known)}")
+    if not names:
+        raise CryoalError("--schemes: no scheme given")
+    return names
+
+
+def _known_schemes() -> tuple[str, ...]:
+    try:  # the scoring registry is the authority once it is importable
+        from cryoal.scoring import SCHEMES
+    except ImportError:
+        return ALL_SCHEMES
+    return tuple(SCHEMES)
+
+
+def _check_options(out: Path, resume: bool, **values) -> None:
+    for name in ("seeds", "cycles", "epochs", "batch_size"):
+        if values[name] < 1:
+            raise CryoalError(f"--{name.replace('_', '-')}: must be at least 1, got {values[name]}")
+    for name in ("initial", "budget"):
+        if values[name] < 1:
+            raise CryoalError(f"--{name}: must be at least 1, got {values[name]}")
+    if not 0 < values["test_fraction"] < 1:
+        raise CryoalError(f"--test-fraction: must be between 0 and 1, got {values['test_fraction']}")
+    if not 0 <= values["val_fraction"] < 1:
+        raise CryoalError(f"--val-fraction: must be in [0, 1), got {values['val_fraction']}")
+    if values["warm_epochs"] is not None and values["warm_epochs"] < 1:
+        raise CryoalError(f"--warm-epochs: must be at least 1, got {values['warm_epochs']}")
+    if not out.parent.is_dir():
+        raise CryoalError(f"{out}: directory {out.parent} does not exist")
+    if out.exists() and not out.is_dir():
+        raise CryoalError(f"{out}: exists and is not a directory")
+    if not resume and (out / "curves.csv").exists():
+        raise CryoalError(f"{out}: already holds a benchmark (curves.csv); use --resume or another directory")
+
+
+@command(epilog="Example: cryoal benchmark pool.h5 --truth truth.csv -o bench/ --schemes expected,random")
+def benchmark(
+    pool: Path = typer.Argument(..., help="The pool (HDF5), only read: labels are revealed in memory."),
+    truth: Path = typer.Option(..., "--truth", help="CSV/STAR: particle_id,label of EVERY pool particle."),
+    out: Path = typer.Option(..., "-o", "--out", help="Output directory (created if missing)."),
+    schemes: str = typer.Option(None, "--schemes", help="Comma list of schemes [default: all]."),
+    seeds: int = typer.Option(3, "--seeds", help="Number of seeds (0..N-1): splits, initial set, training."),
+    initial: int = typer.Option(50, "--initial", help="Initial labelled set (class-balanced, random)."),
+    budget: int = typer.Option(50, "--budget", help="Labels added per cycle."),
+    cycles: int = typer.Option(5, "--cycles", help="Training rounds (cycle 0 uses the initial set)."),
+    test_fraction: float = typer.Option(0.2, "--test-fraction", help="Stratified test split."),
+    val_fraction: float = typer.Option(
+        0.2, "--val-fraction", help="Validation split of the LABELLED set for early stopping (0: none)."
+    ),
+    epochs: int = typer.Option(20, "--epochs", help="Training epochs per cycle."),
+    batch_size: int = typer.Option(16, "--batch-size", help="Training batch size."),
+    arch: str = typer.Option(None, "--arch", help="Model architecture [default: the train default]."),
+    width: int = typer.Option(None, "--width", help="Channel width of the arch [default: the arch's]."),
+    lr: float = typer.Option(1e-3, "--lr", help="AdamW learning rate."),
+    patience: int = typer.Option(0, "--patience", help="Early-stopping patience in epochs (0: off)."),
+    warm_start: bool = typer.Option(False, "--warm-start", help="Fine-tune the previous cycle's model."),
+    warm_epochs: int = typer.Option(
+        None, "--warm-epochs", help="Epochs of a fine-tuning cycle [default: --epochs]."
+    ),
+    mc_passes: int = typer.Option(20, "--mc-passes", help="MC-dropout passes for bald."),
+    norm: str = typer.Option("l2", "--norm", help="Gradient norm for expected/entropy: l2 or tensor-sum."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in OUT (same options)."),
+) -> None:
+    """Run active learning with an oracle: several schemes, seeds and cycles; write learning curves.
+
+    Outputs in OUT: curves.csv, selections.csv, summary.csv (AUBC), curves.png and run.json.
+    """
+    from cryoal.benchmark.runner import run_cli
+
+    known = _known_schemes()
+    names = parse_schemes(schemes, known)
+    _check_options(out, resume, seeds=seeds, cycles=cycles, epochs=epochs, batch_size=batch_size,
+                   initial=initial, budget=budget, test_fraction=test_fraction, val_fraction=val_fraction,
+                   warm_epochs=warm_epochs)
+    run_cli(
+        pool, truth, out, stderr_console(),
+        schemes=names, seeds=seeds, initial=initial, budget=budget, cycles=cycles,
+        test_fraction=test_fraction, val_fraction=val_fraction, epochs=epochs, batch_size=batch_size,
+        arch=arch, width=width, lr=lr, patience=patience, warm_start=warm_start, warm_epochs=warm_epochs,
+        mc_passes=mc_passes, norm=norm, device=device, resume=resume,
+    )

@@ -1,0 +1,102 @@
+"""`cryoal ingest INPUT... -o POOL`: MRC volumes into one HDF5 pool."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from cryoal.cli.app import command, stderr_console
+
+_COMPRESSIONS = ("none", "lzf", "gzip")
+
+
+@command(
+    epilog="Example: cryoal ingest demo/particles.star -o pool.h5   |   "
+    "cryoal ingest 'subtomos/**/*.mrc' more/ -o pool.h5 --box 32 --skip-bad"
+)
+def ingest(
+    inputs: list[str] = typer.Argument(
+        ..., help="MRC files, directories (searched recursively), quoted globs, or STAR/CSV manifests."
+    ),
+    output: Path = typer.Option(..., "-o", "--output", help="Pool file (HDF5) to write."),
+    box: int | None = typer.Option(
+        None, "--box", help="Crop/pad every volume (centred) to this size. Default: the first volume's size."
+    ),
+    append: bool = typer.Option(False, "--append", help="Add to an existing pool."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing pool."),
+    skip_bad: bool = typer.Option(
+        False, "--skip-bad", help="Skip bad files (reported on stderr) instead of stopping, writing nothing."
+    ),
+    mode: str = typer.Option("subtomogram", "--mode", help="subtomogram (3D volumes) or image (2D images)."),
+    stack: bool = typer.Option(
+        False, "--stack", help="Read NX-cubes stacked along z as a stack of volumes (ISPG 401 needs no flag)."
+    ),
+    id_column: str | None = typer.Option(None, "--id-column", help="Manifest column holding particle ids."),
+    label_column: str | None = typer.Option(None, "--label-column", help="Manifest column holding labels."),
+    voxel_size: float | None = typer.Option(
+        None, "--voxel-size", help="Voxel size in Å to record (default: from the MRC headers)."
+    ),
+    compression: str = typer.Option(
+        "none", "--compression",
+        help="Pool volume compression: none, lzf or gzip (noisy data hardly shrinks)."
+    ),
+    batch_size: int | None = typer.Option(
+        None, "--batch-size", help="Volumes written at a time (default: ~32 MB).", hidden=True
+    ),
+) -> None:
+    """Read MRC volumes, crop/pad to the box, z-score each one, and write (or grow) the pool."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from cryoal.errors import CryoalError
+    from cryoal.ingest import IngestOptions
+    from cryoal.ingest import ingest as run_ingest
+
+    if compression not in _COMPRESSIONS:
+        raise CryoalError(f"--compression {compression}: choose one of {', '.join(_COMPRESSIONS)}")
+    if batch_size is not None and batch_size < 1:
+        raise CryoalError(f"--batch-size {batch_size}: must be at least 1")
+    opts = IngestOptions(
+        box=box, mode=mode, append=append, overwrite=overwrite, skip_bad=skip_bad, stack=stack,
+        id_column=id_column, label_column=label_column, voxel_size=voxel_size, batch_size=batch_size,
+        compression=None if compression == "none" else compression,
+    )
+    console = stderr_console()
+    # the bar only on a terminal: in logs and pipes stderr keeps just the warnings and errors
+    progress = Progress(
+        TextColumn("ingest"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+        console=console, transient=True, disable=not console.is_terminal,
+    )
+    task = None
+
+    def on_start(n: int) -> None:
+        nonlocal task
+        task = progress.add_task("ingest", total=n)
+        progress.start()  # only now: nothing is drawn before the inputs are known to be readable
+
+    def on_source() -> None:
+        if task is not None:
+            progress.advance(task)
+
+    def say(text: str) -> None:  # one unwrapped line on stderr, above the bar when there is one
+        progress.console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+    def on_bad(message: str) -> None:
+        say(f"skipped: {message}")
+
+    try:
+        result = run_ingest(inputs, output, opts, on_start=on_start, on_source=on_source, on_bad=on_bad)
+    finally:
+        progress.stop()
+    for w in result.warnings:
+        say(f"warning: {w}")
+    if result.bad:
+        say(f"skipped {len(result.bad)} bad input(s)")
+    shape = "x".join(str(n) for n in reversed(result.shape))
+    voxel = f"{result.voxel_size:g} Å" if result.voxel_size == result.voxel_size else "unknown"
+    classes = ", ".join(result.class_names) if result.class_names else "none"
+    typer.echo(
+        f"{result.pool}: added {result.n_added} particles ({shape}, voxel size {voxel}); "
+        f"pool holds {result.n_total}, {result.n_labelled} labelled; classes: {classes}"
+        + (f"; skipped {len(result.bad)} bad" if result.bad else "")
+    )

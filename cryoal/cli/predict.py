@@ -1,0 +1,40 @@
+"""`cryoal predict POOL -m MODEL -o CSV`: the predicted class and class probabilities of every particle."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from cryoal.cli.app import command, stderr_console
+
+
+@command(epilog="Example: cryoal predict pool.h5 -m model.pt -o predictions.csv")
+def predict(
+    pool: Path = typer.Argument(..., help="Pool file (HDF5)."),
+    model: Path = typer.Option(..., "-m", "--model", help="Model checkpoint from `cryoal train`."),
+    output: Path = typer.Option(..., "-o", "--output", help="CSV to write."),
+    batch_size: int = typer.Option(64, "--batch-size", min=1, help="Particles per inference batch."),
+    device: str = typer.Option("auto", "--device", help="auto (CUDA if present), cpu or cuda."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object on stdout."),
+) -> None:
+    """Write particle_id,predicted_label,confidence,p_<class>... for every particle."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    from cryoal.predict import predict_pool
+
+    with Progress(
+        "predicting", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+        console=stderr_console(), transient=True,
+    ) as bar:
+        task = bar.add_task("predict", total=None)
+        summary = predict_pool(
+            pool, model, output, batch_size=batch_size, device=device,
+            progress=lambda done, total: bar.update(task, completed=done, total=total),
+        )
+    if as_json:
+        typer.echo(json.dumps(summary))
+    else:
+        counts = ", ".join(f"{k} {v}" for k, v in summary["counts"].items())
+        typer.echo(f"wrote {summary['n']} predictions to {output} ({counts})")

@@ -1,0 +1,151 @@
+"""`cryoal train POOL -o MODEL`: train the 3D CNN on the labelled particles and save a checkpoint."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from cryoal.cli.app import command, stderr_console
+
+_DEFAULT_EPOCHS = 30
+
+
+def _json_safe(value):
+    """Plain Python types, with NaN/inf as null so any strict JSON reader parses the line."""
+    import math
+
+    from cryoal.checkpoint import plain
+
+    value = plain(value)
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+def _fmt(value) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def print_metrics_table(metrics: dict, console) -> None:
+    """Per-class accuracy, the confusion matrix and the summary line, as rich tables."""
+    from rich.table import Table
+
+    names = metrics["class_names"]
+    where = metrics["evaluated_on"]
+    console.print(f"per-class accuracy ({where} set)", highlight=False)
+    per_class = Table()
+    for col in ("class", "train", "val", "accuracy"):
+        per_class.add_column(col, justify="left" if col == "class" else "right")
+    for i, name in enumerate(names):
+        per_class.add_row(
+            name, str(metrics["n_train_per_class"][i]), str(metrics["n_val_per_class"][i]),
+            _fmt(metrics["per_class_accuracy"][name]),
+        )
+    console.print(per_class)
+    console.print(f"confusion matrix ({where} set; rows: true class, columns: predicted)", highlight=False)
+    cm = Table()
+    cm.add_column("true \\ pred")
+    for name in names:
+        cm.add_column(name, justify="right")
+    for name, row in zip(names, metrics["confusion_matrix"], strict=True):
+        cm.add_row(name, *(str(v) for v in row))
+    console.print(cm)
+    if metrics["val_accuracy"] is None:
+        console.print(
+            f"trained on all {metrics['n_train']} labels for {metrics['epochs_run']} epochs, kept the last "
+            f"epoch (no validation split); training-set accuracy {metrics['accuracy']:.3f}",
+            highlight=False,
+        )
+    else:
+        stop = ", stopped early" if metrics["stopped_early"] else ""
+        console.print(
+            f"val accuracy {metrics['val_accuracy']:.3f} at best epoch {metrics['best_epoch']} of "
+            f"{metrics['epochs_run']}{stop} (train {metrics['n_train']}, val {metrics['n_val']}); "
+            f"{metrics['seconds_per_epoch']:.1f} s/epoch on {metrics['device']}",
+            highlight=False,
+        )
+
+
+@command(epilog="Example: cryoal train pool.h5 -o model.pt --epochs 30 --seed 0")
+def train(
+    pool: Path = typer.Argument(..., help="Pool file (HDF5) with labelled particles."),
+    output: Path = typer.Option(..., "-o", "--output", help="Model checkpoint to write (.pt)."),
+    arch: str = typer.Option(
+        None, "--arch", help="Network: dsrf3d, rb3d or resnet3d (default: the mode's default, resnet3d)."
+    ),
+    epochs: int = typer.Option(_DEFAULT_EPOCHS, "--epochs", min=1, help="Maximum number of epochs."),
+    batch_size: int = typer.Option(16, "--batch-size", min=1, help="Training batch size."),
+    lr: float = typer.Option(1e-3, "--lr", min=0.0, help="AdamW learning rate (cosine decay)."),
+    weight_decay: float = typer.Option(1e-2, "--weight-decay", min=0.0, help="AdamW weight decay."),
+    seed: int = typer.Option(
+        0, "--seed", help="Seed for the split, initialisation, shuffling and augmentation."
+    ),
+    val_fraction: float = typer.Option(
+        0.2, "--val-fraction", min=0.0, max=0.95,
+        help="Share of each class held out for validation (at least 1 per class with 2+ labels). "
+        "0 trains on everything and keeps the last epoch.",
+    ),
+    patience: int = typer.Option(
+        10, "--patience", min=1, help="Stop after this many epochs without a better val accuracy."
+    ),
+    device: str = typer.Option(
+        "auto", "--device", help="auto (CUDA with mixed precision if present), cpu or cuda."
+    ),
+    augment: bool = typer.Option(
+        True, "--augment/--no-augment", help="Wedge-safe augmentation (rotations about z, flips, shifts)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the metrics as one JSON object on stdout."),
+    log_json: Path = typer.Option(None, "--log-json", help="Append JSON-lines progress events to this file."),
+) -> None:
+    """Train the classifier on the labelled particles; keep the weights with the best val accuracy."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from cryoal.checkpoint import save_checkpoint
+    from cryoal.io.atomic import check_output_dir
+    from cryoal.logjson import EventLog
+    from cryoal.train import train_from_pool
+
+    check_output_dir(output)  # fail before training, not after
+    console = stderr_console()
+    with EventLog(log_json, command="train") as log, Progress(
+        TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TimeElapsedColumn(), console=console, transient=True,
+    ) as bar:
+        task = bar.add_task("training", total=None)
+
+        def progress(info: dict) -> None:
+            if info["event"] == "batch":
+                bar.update(task, description=f"epoch {info['epoch']}", total=info["n_batches"],
+                           completed=info["batch"])
+                return
+            val = info.get("val_accuracy")
+            bar.console.print(
+                f"epoch {info['epoch']:>3}/{info['epochs']}  loss {info['train_loss']:.4f}  "
+                f"train acc {info['train_accuracy']:.3f}  val acc {_fmt(val)}  "
+                f"best epoch {info['best_epoch']}  {info['seconds']:.1f}s",
+                highlight=False,
+            )
+            log.emit("epoch", **{k: v for k, v in info.items() if k != "event"})
+
+        model, metrics, meta = train_from_pool(
+            pool, val_fraction=val_fraction, arch=arch, progress=progress, epochs=epochs,
+            batch_size=batch_size, lr=lr, weight_decay=weight_decay, patience=patience, seed=seed,
+            device=device, augment=augment,
+        )
+        save_checkpoint(output, model, meta)
+        summary = {k: v for k, v in metrics.items() if k != "history"}
+        log.emit("done", output=str(output), **summary)
+    for name in metrics["classes_without_labels"]:
+        console.print(
+            f"warning: class '{name}' has no labels yet; the model will rarely predict it", highlight=False
+        )
+    if as_json:
+        typer.echo(json.dumps(_json_safe({"output": str(output), **metrics})))
+    else:
+        print_metrics_table(metrics, Console(highlight=False))
+        typer.echo(f"saved {output}")

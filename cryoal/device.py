@@ -1,0 +1,64 @@
+"""Device choice and seeding: `resolve_device` and `seed_everything`."""
+
+from __future__ import annotations
+
+import os
+import random
+
+import numpy as np
+import torch
+
+from cryoal.errors import CryoalError
+
+DEVICE_CHOICES = ("auto", "cpu", "cuda")
+
+
+def available_cpus() -> int:
+    """CPU cores this process may run on (respects taskset/cgroup affinity)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """'auto' -> CUDA if available else CPU; 'cpu'; 'cuda' or 'cuda:N' (error if CUDA is absent)."""
+    name = (name or "auto").lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name == "cuda" or name.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise CryoalError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
+        dev = torch.device(name)
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise CryoalError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) present")
+        return dev
+    raise CryoalError(f"--device {name}: unknown device; choose one of {', '.join(DEVICE_CHOICES)}")
+
+
+def use_all_cpu_cores() -> int:
+    """Let torch use every core this process may run on (intra-op threads); returns that count.
+
+    An explicit `OMP_NUM_THREADS` in the environment (a batch scheduler's CPU share, or a user
+    sharing the machine) is honoured instead.
+    """
+    n = available_cpus()
+    env = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if env.isdigit() and int(env) > 0:
+        n = min(n, int(env))
+    torch.set_num_threads(n)
+    return n
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (CPU and every CUDA device)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
+__all__ = ["DEVICE_CHOICES", "available_cpus", "resolve_device", "seed_everything", "use_all_cpu_cores"]

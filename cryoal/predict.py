@@ -1,0 +1,87 @@
+"""Classify every particle of a pool: `predict_pool` streams it in batches and writes a CSV.
+
+CSV columns: `particle_id,predicted_label,confidence,p_<class>...` (confidence = the top
+probability). Memory stays flat in the pool size: one batch of volumes at a time, rows are written
+as they come to a temporary file that replaces the target only when every row is written. The
+next batch is read from the pool on a background thread while the model runs (`BatchReader`).
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from cryoal.errors import CryoalError
+
+PROB_FORMAT = ".6g"
+
+
+def prediction_columns(class_names: list[str]) -> list[str]:
+    """The CSV header for a model with these classes."""
+    return ["particle_id", "predicted_label", "confidence", *[f"p_{c}" for c in class_names]]
+
+
+def predict_pool(
+    pool_path: str | os.PathLike,
+    model_path: str | os.PathLike,
+    out_csv: str | os.PathLike,
+    *,
+    batch_size: int = 64,
+    device: str = "auto",
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Write predictions for every particle of the pool to `out_csv`; returns a summary dict
+    (`n`, `counts` per predicted class, `mean_confidence`, `class_names`).
+
+    `progress(done, total)` is called after each batch.
+    """
+    from cryoal.checkpoint import check_model_matches_pool, load_model
+    from cryoal.device import resolve_device, use_all_cpu_cores
+    from cryoal.inference import predict_proba
+    from cryoal.io.atomic import atomic_open, check_output_dir
+    from cryoal.io.pool import open_pool
+    from cryoal.io.prefetch import BatchReader
+
+    if batch_size < 1:
+        raise CryoalError(f"--batch-size {batch_size}: must be at least 1")
+    check_output_dir(out_csv)
+    dev = resolve_device(device)
+    if dev.type == "cpu":
+        use_all_cpu_cores()
+    model, meta = load_model(model_path, device=dev)
+    names = [str(c) for c in meta["class_names"]]
+    counts = np.zeros(len(names), dtype=np.int64)
+    conf_sum = 0.0
+    with open_pool(pool_path) as pool:
+        check_model_matches_pool(meta, pool)
+        ids = pool.particle_ids
+        total = len(pool)
+        done = 0
+        with atomic_open(out_csv, "w") as fh:
+            writer = csv.writer(fh, lineterminator="\n")
+            writer.writerow(prediction_columns(names))
+            for idx, volumes in BatchReader(pool, batch_size=batch_size):
+                proba = predict_proba(model, volumes, dev)
+                top = proba.argmax(axis=1)
+                conf = proba[np.arange(len(top)), top]
+                for i, k, c, p in zip(idx, top, conf, proba, strict=True):
+                    probs = (format(v, PROB_FORMAT) for v in p)
+                    writer.writerow([ids[i], names[k], format(c, PROB_FORMAT), *probs])
+                counts += np.bincount(top, minlength=len(names))
+                conf_sum += float(conf.sum())
+                done += len(idx)
+                if progress:
+                    progress(done, total)
+    return {
+        "n": int(total), "class_names": names,
+        "counts": dict(zip(names, counts.tolist(), strict=True)),
+        "mean_confidence": conf_sum / total if total else None,
+        "output": str(out_csv),
+    }
+
+
+__all__ = ["prediction_columns", "predict_pool"]

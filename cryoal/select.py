@@ -1,0 +1,225 @@
+"""`select`: score the unlabelled particles of a pool and write the top N as a ranked CSV.
+
+Memory stays flat in the pool size: volumes are streamed in batches and only per-particle scalars
+(score, predicted class, confidence) are kept. The batch schemes (coreset, badge) also keep the
+penultimate features of every candidate, N x F floats (F = 128 for the default model), plus, for
+coreset, those of the labelled particles.
+
+CSV columns (DESIGN.md section 4): rank,particle_id,score,predicted_label,confidence,source,tomo,x,y,z,label
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from cryoal.errors import CryoalError
+
+CSV_COLUMNS = ("rank", "particle_id", "score", "predicted_label", "confidence", "source", "tomo",
+               "x", "y", "z", "label")
+CONFIDENCE_FORMAT = ".6g"
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class Ranked:
+    """The ranking: `indices` (pool rows, best first) with their scores, predictions, confidences."""
+
+    indices: np.ndarray
+    scores: np.ndarray
+    predicted: np.ndarray
+    confidence: np.ndarray
+    n_candidates: int
+    n_unlabelled: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def candidate_indices(labels: np.ndarray, pool_subset: int | None, seed: int | None) -> np.ndarray:
+    """Unlabelled rows, or a reproducible random `pool_subset` of them (sorted: reads stay sequential)."""
+    unl = np.flatnonzero(np.asarray(labels) < 0)
+    if pool_subset is not None and pool_subset < unl.size:
+        from cryoal.scoring.registry import seed_stream
+
+        rng = np.random.default_rng(seed_stream(seed, 0))
+        unl = np.sort(rng.choice(unl, size=pool_subset, replace=False))
+    return unl
+
+
+def rank_by_score(scores: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Positions sorted by score descending, ties (and NaN, last) broken by particle id ascending."""
+    s = np.where(np.isnan(scores), -np.inf, np.asarray(scores, dtype=np.float64))
+    return np.lexsort((np.asarray(ids, dtype=str), -s))
+
+
+def _format_float(v: float) -> str:
+    return "" if not math.isfinite(v) else repr(float(v))
+
+
+def _format_coord(v: float) -> str:
+    return "" if not math.isfinite(v) else np.format_float_positional(np.float32(v), trim="-")
+
+
+def select_from_pool(
+    pool, model, *, scheme: str, n: int, batch_size: int = 32, seed: int | None = 0,
+    pool_subset: int | None = None, norm: str = "l2", mc_passes: int = 20,
+    progress: Progress | None = None,
+) -> Ranked:
+    """Score an open pool's unlabelled particles with `model` (already on its device) and rank them.
+
+    Returns the top `n` (every candidate when `n == 0`). Raises CryoalError on bad options.
+    """
+    from cryoal.scoring import SCHEMES, as_model_input, get_scheme
+    from cryoal.scoring.gradnorm import NORMS
+    from cryoal.scoring.registry import ScoreContext, ScoreScheme
+    from cryoal.scoring.uncertainty import has_dropout
+
+    sch = get_scheme(scheme)
+    if n < 0:
+        raise CryoalError(f"-n {n}: must be 0 (every unlabelled particle) or more")
+    if batch_size < 1:
+        raise CryoalError(f"--batch-size {batch_size}: must be at least 1")
+    if norm not in NORMS:
+        raise CryoalError(f"--norm {norm}: choose one of {', '.join(NORMS)}")
+    if mc_passes < 1:
+        raise CryoalError(f"--mc-passes {mc_passes}: must be at least 1")
+    if pool_subset is not None and pool_subset < 1:
+        raise CryoalError(f"--pool-subset {pool_subset}: must be at least 1")
+    if scheme == "bald" and not has_dropout(model):
+        raise CryoalError("--scheme bald needs a model with a dropout layer (MC dropout); this one has none")
+    assert scheme in SCHEMES
+
+    labels = pool.labels
+    n_unlabelled = int((labels < 0).sum())
+    if n_unlabelled == 0:
+        raise CryoalError(f"{pool.path}: every particle is labelled; there is nothing to select")
+    cand = candidate_indices(labels, pool_subset, seed)
+    if n > cand.size:
+        what = f"the {cand.size} particles of --pool-subset" if cand.size < n_unlabelled else \
+            f"the {n_unlabelled} unlabelled particles of the pool"
+        raise CryoalError(f"-n {n} is larger than {what}; ask for at most {cand.size} (or -n 0 for all)")
+    n_out = n or cand.size
+    ids = pool.particle_ids
+    total = cand.size
+
+    def batches(indices: np.ndarray, done0: int = 0, total_: int | None = None):
+        from cryoal.io.prefetch import BatchReader
+
+        done = done0
+        for idx, vol in BatchReader(pool, indices, batch_size):
+            yield idx, as_model_input(model, vol)
+            done += len(idx)
+            if progress:
+                progress(done, total_ or total)
+
+    if isinstance(sch, ScoreScheme):
+        ctx = ScoreContext.make(norm=norm, mc_passes=mc_passes, seed=seed)
+        scores = np.empty(total)
+        probs_top = np.empty(total, dtype=np.int64)
+        conf = np.empty(total)
+        pos = 0
+        for idx, x in batches(cand):
+            s, p = sch.score(model, x, ctx)
+            k = len(idx)
+            scores[pos : pos + k] = s
+            probs_top[pos : pos + k] = p.argmax(1)
+            conf[pos : pos + k] = p.max(1)
+            pos += k
+        order = rank_by_score(scores, ids[cand])[:n_out]
+        return Ranked(cand[order], scores[order], probs_top[order], conf[order], total, n_unlabelled)
+
+    # Batch schemes: embed every candidate (and, for coreset, the labelled set), then choose.
+    import torch
+
+    from cryoal.scoring.diversity import penultimate
+    from cryoal.scoring.gram import eval_mode
+
+    # Candidates in particle-id order, so that ties in the greedy choice go to the smaller id.
+    cand = cand[np.argsort(np.asarray(ids[cand], dtype=str), kind="stable")]
+
+    def embed(indices: np.ndarray, done0: int, total_: int) -> tuple[np.ndarray, np.ndarray]:
+        """Features (M, F) and probabilities (M, C) of `indices`, in the order given."""
+        feats, probs = [], []
+        read_order = np.argsort(indices, kind="stable")  # read in pool order, put back after
+        with torch.no_grad(), eval_mode(model):
+            for _, x in batches(indices[read_order], done0, total_):
+                logits, f = penultimate(model, x)
+                probs.append(torch.softmax(logits.double(), dim=1).cpu().numpy())
+                feats.append(f.double().cpu().numpy())
+        back = np.argsort(read_order, kind="stable")
+        return np.concatenate(feats)[back], np.concatenate(probs)[back]
+
+    labelled = np.flatnonzero(labels >= 0) if sch.uses_labelled else np.zeros(0, dtype=np.int64)
+    grand = total + labelled.size
+    feats, probs = embed(cand, 0, grand)
+    lab_feats = embed(labelled, total, grand)[0] if labelled.size else None
+    order, gains = sch.choose(probs, feats, n_out, lab_feats, seed)
+    return Ranked(cand[order], gains, probs[order].argmax(1), probs[order].max(1), total, n_unlabelled,
+                  extra={"n_labelled_centres": int(labelled.size)})
+
+
+def ranked_columns(pool, ranked: Ranked, class_names: list[str]) -> dict[str, list[str]]:
+    """The CSV columns of DESIGN.md section 4 for a ranking."""
+    rows = ranked.indices
+    coords = pool.coords[rows] if rows.size else np.zeros((0, 3), np.float32)
+    names = [str(c) for c in class_names]
+    return {
+        "rank": [str(i + 1) for i in range(rows.size)],
+        "particle_id": [str(v) for v in pool.particle_ids[rows]],
+        "score": [_format_float(v) for v in ranked.scores],
+        "predicted_label": [names[k] if 0 <= k < len(names) else str(k) for k in ranked.predicted],
+        "confidence": [format(float(c), CONFIDENCE_FORMAT) for c in ranked.confidence],
+        "source": [str(v) for v in pool.sources[rows]],
+        "tomo": [str(v) for v in pool.tomos[rows]],
+        "x": [_format_coord(v) for v in coords[:, 0]],
+        "y": [_format_coord(v) for v in coords[:, 1]],
+        "z": [_format_coord(v) for v in coords[:, 2]],
+        "label": [""] * rows.size,
+    }
+
+
+def select_pool(
+    pool_path: str | os.PathLike, model_path: str | os.PathLike, out_csv: str | os.PathLike, *,
+    scheme: str, n: int, batch_size: int = 32, device: str = "auto", seed: int | None = 0,
+    pool_subset: int | None = None, norm: str = "l2", mc_passes: int = 20,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """`cryoal select`: rank the pool's unlabelled particles and write the CSV atomically.
+
+    Returns a summary: `n_written`, `n_scored`, `n_unlabelled`, `scheme`, `output`, and `top`
+    (the first rows, as dicts) for display.
+    """
+    from cryoal.checkpoint import check_model_matches_pool, load_model
+    from cryoal.device import resolve_device, use_all_cpu_cores
+    from cryoal.io.atomic import check_output_dir
+    from cryoal.io.pool import open_pool
+    from cryoal.io.tables import write_csv
+    from cryoal.scoring import get_scheme
+
+    get_scheme(scheme)  # fail on an unknown scheme before any heavy work
+    check_output_dir(out_csv)
+    dev = resolve_device(device)
+    if dev.type == "cpu":
+        use_all_cpu_cores()
+    model, meta = load_model(model_path, device=dev)
+    with open_pool(pool_path) as pool:
+        check_model_matches_pool(meta, pool)
+        ranked = select_from_pool(
+            pool, model, scheme=scheme, n=n, batch_size=batch_size, seed=seed,
+            pool_subset=pool_subset, norm=norm, mc_passes=mc_passes, progress=progress,
+        )
+        columns = ranked_columns(pool, ranked, list(meta["class_names"]))
+    write_csv(out_csv, {c: columns[c] for c in CSV_COLUMNS})
+    top = [{c: columns[c][i] for c in CSV_COLUMNS} for i in range(min(5, len(columns["rank"])))]
+    return {
+        "scheme": scheme, "n_written": len(columns["rank"]), "n_scored": ranked.n_candidates,
+        "n_unlabelled": ranked.n_unlabelled, "output": str(out_csv), "top": top,
+    }
+
+
+__all__ = ["CSV_COLUMNS", "Ranked", "candidate_indices", "rank_by_score", "ranked_columns",
+           "select_from_pool", "select_pool"]

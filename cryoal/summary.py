@@ -1,0 +1,54 @@
+"""A pool's summary for `cryoal status`: counts, shape, voxel size, label rounds and sources."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from cryoal.io.pool import open_pool
+
+
+def _source_file(source: str) -> str:
+    # "path#k" names item k of a stack file; the file is what counts as a source
+    head, sep, tail = source.rpartition("#")
+    return head if sep and tail.isdigit() else source
+
+
+def pool_summary(path: str | os.PathLike) -> dict:
+    """Everything `status` shows, as plain JSON-ready values (NaN voxel size -> None)."""
+    path = Path(path)
+    with open_pool(path) as pool:
+        labels = pool.labels
+        rounds = pool.label_rounds
+        names = pool.class_names
+        counts = np.bincount(labels[labels >= 0], minlength=len(names)) if len(names) else np.zeros(0, int)
+        files = {_source_file(s) for s in pool.sources if s}
+        tomos = {t for t in pool.tomos if t}
+        edge = pool.edge
+        round_counts = Counter(int(r) for r in rounds[rounds >= 0])
+        voxel = pool.voxel_size
+        info = {
+            "pool": str(path),
+            "format_version": int(pool.h5.attrs["format_version"]),
+            "mode": pool.mode,
+            "total": len(pool),
+            "labelled": int((labels >= 0).sum()),
+            "unlabelled": int((labels < 0).sum()),
+            "per_class": {n: int(c) for n, c in zip(names, counts, strict=True)},
+            "class_names": names,
+            "box": pool.box,
+            "shape": list(pool.shape),
+            "voxel_size": voxel if math.isfinite(voxel) else None,
+            "label_rounds": {str(r): round_counts[r] for r in sorted(round_counts)},
+            "n_source_files": len(files),
+            "n_source_dirs": len({os.path.dirname(f) for f in files}),
+            "n_tomograms": len(tomos),
+            "meta_columns": pool.meta_columns,
+            "edge": int(edge.sum()) if edge is not None else None,
+            "file_bytes": path.stat().st_size,
+        }
+    return info

@@ -1,0 +1,378 @@
+"""Training: an array-level core (`fit`) and a pool wrapper (`train_from_pool`).
+
+The labelled set is loaded into memory: its size is bounded by how many labels an expert makes
+(hundreds to a few thousand), not by the pool size. Unlabelled particles are never read here.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from cryoal.device import resolve_device, seed_everything, use_all_cpu_cores
+from cryoal.errors import CryoalError
+from cryoal.modes import get_mode
+
+Progress = Callable[[dict[str, Any]], None]
+
+DEFAULTS: dict[str, Any] = {
+    "epochs": 30, "batch_size": 16, "lr": 1e-3, "weight_decay": 1e-2, "patience": 10,
+    "seed": 0, "val_fraction": 0.2,
+}
+
+
+# ------------------------------------------------------------------------------------------
+# Validation split
+# ------------------------------------------------------------------------------------------
+
+
+def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split positions 0..N-1 of `labels` into (train, val), stratified by class.
+
+    Small-class rule: a class with n >= 2 labels puts round(n * val_fraction) of them in
+    validation, but at least 1 and at most n - 1, so it is both validated and trained on. A class
+    with a single label goes to training only. With `val_fraction == 0` everything is training.
+    Deterministic under `seed`; both outputs are sorted.
+    """
+    labels = np.asarray(labels)
+    if not 0.0 <= val_fraction < 1.0:
+        raise CryoalError(f"--val-fraction {val_fraction}: must be in [0, 1)")
+    rng = np.random.default_rng(seed)
+    train, val = [], []
+    for c in np.unique(labels):
+        members = np.flatnonzero(labels == c)
+        members = members[rng.permutation(members.size)]
+        n = members.size
+        n_val = 0
+        if val_fraction > 0 and n >= 2:
+            n_val = min(n - 1, max(1, int(round(n * val_fraction))))
+        val.append(members[:n_val])
+        train.append(members[n_val:])
+    return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
+
+
+# ------------------------------------------------------------------------------------------
+# Metrics
+# ------------------------------------------------------------------------------------------
+
+
+def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
+    """(C, C) counts: rows are the true class, columns the predicted class."""
+    cm = np.zeros((n_classes, n_classes), dtype=np.int64)
+    np.add.at(cm, (np.asarray(y_true, np.int64), np.asarray(y_pred, np.int64)), 1)
+    return cm
+
+
+def per_class_accuracy(cm: np.ndarray) -> list[float | None]:
+    """Recall of each class (diagonal over row sum); None for a class with no samples."""
+    rows = cm.sum(axis=1)
+    return [float(cm[i, i] / rows[i]) if rows[i] else None for i in range(cm.shape[0])]
+
+
+# ------------------------------------------------------------------------------------------
+# Core loop
+# ------------------------------------------------------------------------------------------
+
+
+def _amp_settings(device: torch.device) -> tuple[torch.dtype | None, bool]:
+    """(autocast dtype or None, whether a GradScaler is needed): bf16 where supported, else fp16."""
+    if device.type != "cuda":
+        return None, False
+    if torch.cuda.is_bf16_supported():
+        return torch.bfloat16, False
+    return torch.float16, True  # fp16 gradients underflow without loss scaling
+
+
+_BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+BN_RECALIBRATION_SAMPLES = 1024
+
+
+def recalibrate_batchnorm(model: nn.Module, x: np.ndarray, mode, device: torch.device, batch_size: int,
+                          amp_dtype: torch.dtype | None) -> None:
+    """Recompute BatchNorm running statistics as exact averages over `x` for the current weights.
+
+    With a few hundred labels an epoch is only a handful of batches, and the default running
+    averages (momentum 0.1) lag far behind weights that change quickly, so eval-mode predictions
+    can collapse to one class while training accuracy is high. One no-grad pass fixes that.
+    """
+    bns = [mod for mod in model.modules() if isinstance(mod, _BN_TYPES)]
+    if not bns:
+        return
+    model.eval()
+    saved = []
+    for bn in bns:
+        saved.append(bn.momentum)
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative average over the whole pass
+        bn.train()
+    with torch.no_grad():
+        for start in range(0, len(x), batch_size):
+            chunk = x[start : start + batch_size]
+            if len(chunk) < 2 and start > 0:  # a lone sample adds nothing reliable to the variance
+                continue
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                model(mode.to_input(chunk).to(device))
+    for bn, momentum in zip(bns, saved, strict=True):
+        bn.momentum = momentum
+        bn.train(False)
+
+
+def _evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, mode, device: torch.device,
+              batch_size: int, amp_dtype: torch.dtype | None) -> tuple[float, np.ndarray]:
+    """Mean loss and predictions on (x, y) without augmentation, model in eval mode."""
+    model.eval()
+    losses, preds = [], []
+    with torch.no_grad():
+        for start in range(0, len(x), batch_size):
+            xb = mode.to_input(x[start : start + batch_size]).to(device)
+            yb = torch.as_tensor(y[start : start + batch_size], dtype=torch.long, device=device)
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                logits = model(xb)
+            losses.append(mode.per_sample_loss(logits.float(), yb).cpu())
+            preds.append(logits.argmax(dim=1).cpu())
+    return float(torch.cat(losses).mean()), torch.cat(preds).numpy()
+
+
+def fit(
+    x_train: np.ndarray,
+    y_train: np.ndarray,
+    x_val: np.ndarray | None,
+    y_val: np.ndarray | None,
+    *,
+    arch: str | None = None,
+    n_classes: int,
+    epochs: int = DEFAULTS["epochs"],
+    batch_size: int = DEFAULTS["batch_size"],
+    lr: float = DEFAULTS["lr"],
+    weight_decay: float = DEFAULTS["weight_decay"],
+    patience: int = DEFAULTS["patience"],
+    seed: int = DEFAULTS["seed"],
+    device: str | torch.device = "auto",
+    progress: Progress | None = None,
+    mode: str = "subtomogram",
+    augment: bool = True,
+    init_model: nn.Module | None = None,
+    arch_kwargs: dict | None = None,
+    class_names: list[str] | None = None,
+) -> tuple[nn.Module, dict[str, Any]]:
+    """Train a classifier on in-memory arrays; returns (model with the best weights, in eval mode, metrics).
+
+    `x_*` are (N, *particle_shape) float32, `y_*` int class indices. AdamW with cosine learning-rate
+    decay; after each epoch the model is scored on the validation set, and the weights with the best
+    validation accuracy (ties: lower validation loss) are kept. Training stops after `patience`
+    epochs without improvement. With no validation set (None or empty) every epoch runs and the
+    last weights are kept; the metrics are then measured on the training set.
+    `init_model` (same arch) fine-tunes an existing model instead of starting from scratch.
+    `progress(info)` is called with `{"event": "batch", ...}` and `{"event": "epoch", ...}` dicts.
+    """
+    m = get_mode(mode)
+    arch = arch or m.default_arch
+    x_train = np.asarray(x_train, dtype=np.float32)
+    y_train = np.asarray(y_train, dtype=np.int64)
+    has_val = x_val is not None and y_val is not None and len(y_val) > 0
+    if has_val:
+        x_val = np.asarray(x_val, dtype=np.float32)
+        y_val = np.asarray(y_val, dtype=np.int64)
+    if len(y_train) == 0:
+        raise CryoalError("no training particles")
+    if epochs < 1 or batch_size < 1:
+        raise CryoalError("--epochs and --batch-size must be at least 1")
+
+    dev = resolve_device(device) if not isinstance(device, torch.device) else device
+    threads = use_all_cpu_cores() if dev.type == "cpu" else None
+    amp_dtype, use_scaler = _amp_settings(dev)
+    seed_everything(seed)
+    gen = torch.Generator().manual_seed(seed)  # shuffling and augmentation: CPU, reproducible
+    if init_model is not None:
+        model = init_model
+        arch = getattr(model, "arch", arch)
+    else:
+        model = m.build_model(arch, x_train.shape[1:], n_classes, **(arch_kwargs or {}))
+    model.to(dev)
+    optimiser = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=epochs, eta_min=lr * 0.01)
+    scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+
+    n = len(y_train)
+    n_batches = math.ceil(n / batch_size)
+    # BN statistics from a fixed random subset: exact enough, and bounded cost for big label sets
+    recal_idx = np.sort(torch.randperm(n, generator=gen)[:BN_RECALIBRATION_SAMPLES].numpy())
+    history: list[dict[str, Any]] = []
+    best = {"acc": -1.0, "loss": math.inf, "epoch": 0, "state": None}
+    since_best = 0
+    stopped_early = False
+    t_start = time.perf_counter()
+    for epoch in range(1, epochs + 1):
+        t0 = time.perf_counter()
+        model.train()
+        perm = torch.randperm(n, generator=gen).numpy()
+        total_loss, total_correct, seen = 0.0, 0, 0
+        for b in range(n_batches):
+            idx = perm[b * batch_size : (b + 1) * batch_size]
+            if len(idx) == 1 and n > 1:  # a lone sample makes BatchNorm statistics degenerate
+                continue
+            xb = m.to_input(x_train[idx])
+            if augment:
+                xb = m.augment(xb, gen)
+            xb = xb.to(dev, non_blocking=True)
+            yb = torch.as_tensor(y_train[idx], device=dev)
+            with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                logits = model(xb)
+            loss = m.per_sample_loss(logits.float(), yb).mean()
+            optimiser.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimiser)
+            scaler.update()
+            total_loss += float(loss.detach()) * len(idx)
+            seen += len(idx)
+            total_correct += int((logits.argmax(1) == yb).sum())
+            if progress:
+                progress({"event": "batch", "epoch": epoch, "batch": b + 1, "n_batches": n_batches})
+        scheduler.step()
+        record: dict[str, Any] = {
+            "epoch": epoch, "train_loss": total_loss / seen, "train_accuracy": total_correct / seen,
+            "lr": optimiser.param_groups[0]["lr"],
+        }
+        if has_val or epoch == epochs:
+            recalibrate_batchnorm(model, x_train[recal_idx], m, dev, batch_size, amp_dtype)
+        if has_val:
+            val_loss, val_pred = _evaluate(model, x_val, y_val, m, dev, max(batch_size, 32), amp_dtype)
+            val_acc = float((val_pred == y_val).mean())
+            record.update(val_loss=val_loss, val_accuracy=val_acc)
+            improved = val_acc > best["acc"] or (val_acc == best["acc"] and val_loss < best["loss"])
+            if improved:
+                state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                best.update(acc=val_acc, loss=val_loss, epoch=epoch, state=state)
+                since_best = 0
+            else:
+                since_best += 1
+        record["seconds"] = time.perf_counter() - t0
+        record["best_epoch"] = best["epoch"] if has_val else epoch
+        history.append(record)
+        if progress:
+            progress({"event": "epoch", "epochs": epochs, **record})
+        if has_val and since_best >= patience:
+            stopped_early = True
+            break
+
+    if has_val and best["state"] is not None:
+        model.load_state_dict(best["state"])
+    model.eval()
+    # final metrics: on the validation set with the kept weights, or on the training set without one
+    x_eval, y_eval = (x_val, y_val) if has_val else (x_train, y_train)
+    eval_loss, eval_pred = _evaluate(model, x_eval, y_eval, m, dev, max(batch_size, 32), amp_dtype)
+    cm = confusion_matrix(y_eval, eval_pred, n_classes)
+    names = list(class_names) if class_names else [str(i) for i in range(n_classes)]
+    metrics: dict[str, Any] = {
+        "arch": arch,
+        "evaluated_on": "validation" if has_val else "training",
+        "accuracy": float((eval_pred == y_eval).mean()),
+        "loss": eval_loss,
+        "val_accuracy": float((eval_pred == y_eval).mean()) if has_val else None,
+        "best_epoch": best["epoch"] if has_val else len(history),
+        "epochs_run": len(history),
+        "stopped_early": stopped_early,
+        "class_names": names,
+        "per_class_accuracy": dict(zip(names, per_class_accuracy(cm), strict=True)),
+        "confusion_matrix": cm.tolist(),
+        "n_train": int(n),
+        "n_val": int(len(y_val)) if has_val else 0,
+        "n_train_per_class": np.bincount(y_train, minlength=n_classes).tolist(),
+        "n_val_per_class": np.bincount(y_val, minlength=n_classes).tolist() if has_val else [0] * n_classes,
+        "seconds": time.perf_counter() - t_start,
+        "seconds_per_epoch": float(np.mean([h["seconds"] for h in history])),
+        "device": str(dev),
+        "amp": str(amp_dtype).replace("torch.", "") if amp_dtype is not None else None,
+        "cpu_threads": threads,
+        "history": history,
+        "settings": {"epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
+                     "patience": patience, "seed": seed, "augment": augment},
+    }
+    return model, metrics
+
+
+# ------------------------------------------------------------------------------------------
+# Pool wrapper
+# ------------------------------------------------------------------------------------------
+
+
+def labelled_split(pool, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """(train indices, val indices, class names) of a pool's labelled particles, with the bad-input
+    checks that `cryoal train` reports: no labels, a single class, too few labels to validate."""
+    labels = pool.labels
+    labelled = np.flatnonzero(labels >= 0)
+    names = list(pool.class_names)
+    if labelled.size and labels.max() >= len(names):  # labels without names: number them
+        names += [str(i) for i in range(len(names), int(labels.max()) + 1)]
+    if labelled.size == 0:
+        raise CryoalError(
+            f"{pool.path}: no labelled particles; import labels first (cryoal label {pool.path} labels.csv)"
+        )
+    present = np.unique(labels[labelled])
+    if present.size < 2:
+        raise CryoalError(
+            f"{pool.path}: needs at least 2 classes with labels, found only '{names[present[0]]}' "
+            f"({labelled.size} labels); label particles of another class first"
+        )
+    pos_train, pos_val = stratified_split(labels[labelled], val_fraction, seed)
+    if val_fraction > 0 and pos_val.size == 0:
+        raise CryoalError(
+            f"{pool.path}: too few labels for a validation split ({labelled.size} labels, no class has 2); "
+            "label more particles, or pass --val-fraction 0 to train on all of them and keep the last epoch"
+        )
+    return labelled[pos_train], labelled[pos_val], names
+
+
+def train_from_pool(
+    pool_path: str | os.PathLike,
+    *,
+    val_fraction: float = DEFAULTS["val_fraction"],
+    arch: str | None = None,
+    progress: Progress | None = None,
+    **fit_kwargs: Any,
+) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
+    """Train on a pool's labelled particles; returns (model, metrics, checkpoint metadata).
+
+    The model predicts every class in the pool's class list (also those without labels yet), so
+    its class indices match the pool's. Pass the metadata to `save_checkpoint`.
+    """
+    from cryoal.io.pool import open_pool
+
+    seed = int(fit_kwargs.get("seed", DEFAULTS["seed"]))
+    with open_pool(pool_path) as pool:
+        mode = get_mode(pool.mode)
+        train_idx, val_idx, names = labelled_split(pool, val_fraction, seed)
+        labels = pool.labels
+        x_train, y_train = pool.read(train_idx), labels[train_idx]
+        x_val, y_val = pool.read(val_idx), labels[val_idx]
+        meta_base = {
+            "mode": pool.mode, "class_names": names, "input_shape": list(pool.shape), "box": pool.box,
+            "voxel_size": pool.voxel_size, "pool": str(Path(pool_path)),
+            "label_round": int(pool.label_rounds.max()) if len(pool) else -1,
+            "train_ids": [str(p) for p in pool.particle_ids[train_idx]],
+            "val_ids": [str(p) for p in pool.particle_ids[val_idx]],
+        }
+    arch = arch or mode.default_arch
+    model, metrics = fit(
+        x_train, y_train, x_val, y_val, arch=arch, n_classes=len(names), progress=progress,
+        mode=mode.name, class_names=names, **fit_kwargs,
+    )
+    metrics["val_fraction"] = val_fraction
+    metrics["classes_without_labels"] = [
+        nm for nm, a, b in zip(names, metrics["n_train_per_class"], metrics["n_val_per_class"], strict=True)
+        if a + b == 0
+    ]
+    meta = {**meta_base, "arch": arch, "metrics": metrics}
+    return model, metrics, meta
+
+
+__all__ = ["DEFAULTS", "confusion_matrix", "fit", "labelled_split", "per_class_accuracy",
+           "stratified_split", "train_from_pool"]
