@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export PIP_CONSTRAINT := $(CURDIR)/constraints.txt
 
-.PHONY: setup demo test lint clean
+.PHONY: setup demo demo-tomo test lint clean
 
 $(BIN)/cryoal: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,9 @@ setup: $(BIN)/cryoal
 demo: setup
 	bash scripts/demo.sh
 
+demo-tomo: setup
+	bash scripts/demo_tomograms.sh
+
 test: setup
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
@@ -25,4 +28,4 @@ lint: setup
 	$(BIN)/ruff check .
 
 clean:
-	rm -rf $(VENV) demo_out .pytest_cache
+	rm -rf $(VENV) demo_out demo_tomo_out .pytest_cache

@@ -64,24 +64,38 @@ def cryoal(*args) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "cryoal", *map(str, args)], capture_output=True, text=True)
 
 
-def make_selection(tmp_path: Path) -> tuple[Path, Path, list[str]]:
-    """A pool of 10 unlabelled particles and a select-format CSV of 8 of them, not in rank order."""
-    pool = tmp_path / "pool.h5"
-    ids = [f"tomo1_{k:03d}" for k in range(10)]
-    vols = np.random.default_rng(0).normal(size=(10, BOX, BOX, BOX)).astype(np.float32)
+TRAINING_LABELS = {f"tomo1_{k:03d}": CLASSES[k % 3] for k in range(10, 16)}  # 2 per class
+
+
+@pytest.fixture(scope="module")
+def real_selection(tmp_path_factory) -> tuple[Path, Path, list[str]]:
+    """A real `cryoal select` output: 16 particles, 6 labelled, a 1-epoch model, the top 8 by entropy."""
+    base = tmp_path_factory.mktemp("selection")
+    pool = base / "pool.h5"
+    ids = [f"tomo1_{k:03d}" for k in range(16)]
+    vols = np.random.default_rng(0).normal(size=(16, BOX, BOX, BOX)).astype(np.float32)
+    labels = [CLASSES.index(TRAINING_LABELS[i]) if i in TRAINING_LABELS else -1 for i in ids]
     with PoolWriter(pool, shape=(BOX,) * 3, voxel_size=10.0, class_names=CLASSES) as w:
-        w.add(vols, ids, [f"src/{i}.mrc" for i in ids])
-    chosen = [ids[k] for k in (7, 2, 9, 0, 4, 5, 1, 8)]
-    ranks = [5, 1, 8, 2, 7, 3, 4, 6]
-    sel = tmp_path / "to_label.csv"
-    with open(sel, "w", newline="") as fh:
-        w = csv.writer(fh)
-        w.writerow(["rank", "particle_id", "score", "predicted_label", "confidence",
-                    "source", "tomo", "x", "y", "z", "label"])
-        for pid, r in zip(chosen, ranks, strict=True):
-            w.writerow([r, pid, 1.0 / r, CLASSES[r % 3], 0.4, f"src/{pid}.mrc", "tomo1", 1, 2, 3, ""])
-    in_rank_order = [pid for _, pid in sorted(zip(ranks, chosen, strict=True))]
-    return pool, sel, in_rank_order
+        w.add(vols, ids, [f"src/{i}.mrc" for i in ids], labels=np.array(labels))
+    model, sel = base / "model.pt", base / "to_label.csv"
+    for args in (("train", pool, "-o", model, "--epochs", "1", "--val-fraction", "0", "--batch-size", "6",
+                  "--seed", "0", "--device", "cpu"),
+                 ("select", pool, "-m", model, "--scheme", "entropy", "-n", "8", "-o", sel,
+                  "--device", "cpu")):
+        r = cryoal(*args)
+        assert r.returncode == 0, r.stderr
+    with open(sel, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [int(r["rank"]) for r in rows] == list(range(1, 9))
+    return pool, sel, [r["particle_id"] for r in rows]
+
+
+@pytest.fixture
+def make_selection(real_selection, tmp_path):
+    """A private copy of the pool (labelling changes it) with the real selection CSV and its rank order."""
+    pool, sel, order = real_selection
+    shutil.copy(pool, tmp_path / "pool.h5")
+    return tmp_path / "pool.h5", sel, order
 
 
 def open_page(context, index: Path):
@@ -97,8 +111,8 @@ def card_labels(page) -> list[str]:
     return page.eval_on_selector_all(".card", "cs => cs.map(c => c.dataset.label)")
 
 
-def test_label_reload_export_import_round_trip(browser, tmp_path):
-    pool, sel, order = make_selection(tmp_path)
+def test_label_reload_export_import_round_trip(browser, tmp_path, make_selection):
+    pool, sel, order = make_selection
     out = tmp_path / "gallery"
     r = cryoal("gallery", pool, "--from", sel, "-o", out, "--html")
     assert r.returncode == 0, r.stderr
@@ -161,12 +175,12 @@ def test_label_reload_export_import_round_trip(browser, tmp_path):
         names = p.class_names
         got = {pid: (names[k] if k >= 0 else None) for pid, k in zip(p.particle_ids, p.labels, strict=True)}
     assert names[:3] == CLASSES and "spiky" in names
-    assert {pid: lab for pid, lab in got.items() if lab is not None} == expected
+    assert {pid: lab for pid, lab in got.items() if lab is not None} == {**TRAINING_LABELS, **expected}
 
 
-def test_cards_images_and_arrow_navigation(browser, tmp_path):
+def test_cards_images_and_arrow_navigation(browser, tmp_path, make_selection):
     """One card per particle with its image and class buttons; arrows move along and across rows."""
-    pool, sel, order = make_selection(tmp_path)
+    pool, sel, order = make_selection
     out = tmp_path / "gallery"
     assert cryoal("gallery", pool, "--from", sel, "-o", out, "--html").returncode == 0
     context = browser.new_context(viewport={"width": 900, "height": 700})
