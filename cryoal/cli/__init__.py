@@ -1,24 +1,26 @@
 """Command-line interface: a thin Typer layer over the Python API.
 
-Each command lives in its own module and registers itself on `app`. Commands import heavy
-libraries (torch) inside their function body, so that `cryoal ingest --help` starts fast.
+Each command lives in its own module and registers itself on `app` when imported; the import
+order below is the order `cryoal --help` lists them in. Commands import heavy libraries (torch)
+inside their function body, so that `cryoal ingest --help` starts fast.
 """
 
+# ruff: noqa: I001  (the import order is the order of the commands in --help)
 from __future__ import annotations
 
-import importlib
-import importlib.util
-
-from cryoal.cli.app import app
-
-_COMMAND_MODULES = (
-    "simulate", "ingest", "label", "status", "train", "select", "predict",
-    "benchmark", "extract", "gallery",
+from cryoal.cli import (  # noqa: F401  (imported for their registration side effect)
+    simulate,
+    ingest,
+    extract,
+    label,
+    status,
+    train,
+    select,
+    predict,
+    gallery,
+    benchmark,
 )
-
-for _name in _COMMAND_MODULES:
-    if importlib.util.find_spec(f"cryoal.cli.{_name}") is not None:
-        importlib.import_module(f"cryoal.cli.{_name}")
+from cryoal.cli.app import app
 
 
 def main() -> None:
