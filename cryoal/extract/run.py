@@ -305,7 +305,11 @@ def _extract_tomogram(tp: TomoPlan, options: ExtractOptions, writer, picks: Pick
     with open_tomogram(tp.info, warn, budget=MAPPED_BUDGET) as reader:
         fill = reader.mean() if tp.edge.any() else 0.0
         batch = _Batch(options.box)
+        ahead = len(batch.volumes)
+        reader.read_ahead(tp.centres[:ahead], cut)
         for k in range(tp.rows.size):
+            if k % ahead == 0:  # one batch ahead: its disk reads overlap this batch's work
+                reader.read_ahead(tp.centres[k + ahead : k + 2 * ahead], cut)
             raw, _ = reader.box(tp.centres[k], cut, fill)
             # Ingest's z-score rule: mean 0, std 1; NaN/Inf or a constant box is bad input, named here.
             name = f"{tp.info.path}: box of particle '{picks.particle_ids[tp.rows[k]]}'"

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from cryoal.errors import InputError
-from cryoal.extract.boxes import cut_box
+from cryoal.extract.boxes import box_start, cut_box
 from cryoal.io.star import read_star
 from cryoal.io.tables import read_csv
 
@@ -289,6 +289,30 @@ class TomogramReader:
 
     def close(self) -> None:
         self._meter.close()
+
+    def read_ahead(self, centres_xyz: np.ndarray, size: int) -> None:
+        """Ask the kernel to start reading the boxes at `centres_xyz` (an (n, 3) array) now.
+
+        `madvise(MADV_WILLNEED)` on the byte range of each box row block (one call per box and
+        z-slice) starts asynchronous disk reads and returns at once, so a cold tomogram is read
+        while the previous batch is z-scored and written to the pool, instead of after it.
+        It only fills the page cache; nothing is mapped, so memory accounting is unchanged.
+        """
+        if self._map is None or not hasattr(mmap, "MADV_WILLNEED"):
+            return
+        depth, height, width = self.data.shape
+        row_bytes = width * self.data.itemsize
+        limit = len(self._map)
+        for _x0, y0, z0 in box_start(np.asarray(centres_xyz), size):
+            yl, yh = max(int(y0), 0), min(int(y0) + size, height)
+            if yl >= yh:
+                continue
+            for z in range(max(int(z0), 0), min(int(z0) + size, depth)):
+                start = self._data_start + z * self._slice_bytes + yl * row_bytes
+                end = min(self._data_start + z * self._slice_bytes + yh * row_bytes, limit)
+                start -= start % mmap.PAGESIZE
+                if end > start:
+                    self._map.madvise(mmap.MADV_WILLNEED, start, end - start)
 
     def _mapped(self) -> int:
         now = self._meter()
