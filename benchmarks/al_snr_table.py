@@ -28,15 +28,58 @@ def snr_key(path: Path) -> float:
     return -math.inf if value == "inf" else -float(value)
 
 
+def complete_seeds(rows: list[CurveRow], schemes: list[str], cycles: int) -> list[int]:
+    """Seeds whose curves are finished (all `cycles` points) for EVERY scheme.
+
+    An interrupted run's partial seed is left out entirely, so that every scheme is compared on the
+    same seeds (paired) and every AUBC covers the same label range.
+    """
+    done = {(r.scheme, r.seed, r.cycle) for r in rows}
+    seeds = sorted({r.seed for r in rows})
+    return [k for k in seeds if all((s, k, c) in done for s in schemes for c in range(cycles))]
+
+
 def load(results: Path) -> list[tuple[str, list[CurveRow], dict]]:
-    """(SNR label, curve rows, run.json) for every finished snr_* directory."""
+    """(SNR label, curve rows of the complete seeds, run.json) for every snr_* directory with any."""
     out = []
-    for d in sorted(results.glob("snr_*"), key=snr_key):
+    for d in sorted((p for p in results.glob("snr_*") if p.is_dir()), key=snr_key):
         if not (d / "curves.csv").exists():
             continue
         run = json.loads((d / "run.json").read_text()) if (d / "run.json").exists() else {}
-        out.append((d.name.removeprefix("snr_"), read_curves(d / "curves.csv"), run))
+        rows = read_curves(d / "curves.csv")
+        schemes = run.get("options", {}).get("schemes") or list(dict.fromkeys(r.scheme for r in rows))
+        cycles = run.get("options", {}).get("cycles") or 1 + max(r.cycle for r in rows)
+        keep = set(complete_seeds(rows, schemes, cycles))
+        rows = [r for r in rows if r.seed in keep and r.scheme in schemes and r.cycle < cycles]
+        if rows:
+            out.append((d.name.removeprefix("snr_"), rows, run))
     return out
+
+
+def paired_vs_random(blocks: list[tuple[str, list[CurveRow], dict]]) -> str:
+    """AUBC minus random's AUBC at the same seed, mean ± std over seeds, and wins/seeds (Markdown)."""
+    from cryoal.benchmark.metrics import aubc
+
+    def per_seed(rows, scheme):
+        return {k: aubc(*curve_arrays(rows, scheme, k)[:2]) for k in sorted({r.seed for r in rows})}
+
+    schemes = list(dict.fromkeys(r.scheme for _, rows, _ in blocks for r in rows if r.scheme != "random"))
+    head = "| scheme − random | " + " | ".join(f"SNR {snr}" for snr, _, _ in blocks) + " |"
+    lines = [head, "|---|" + "---:|" * len(blocks)]
+    for name in schemes:
+        cells = []
+        for _, rows, _ in blocks:
+            if not any(r.scheme == "random" for r in rows) or not any(r.scheme == name for r in rows):
+                cells.append("–")
+                continue
+            base, mine = per_seed(rows, "random"), per_seed(rows, name)
+            diff = [mine[k] - base[k] for k in base]
+            mean = sum(diff) / len(diff)
+            std = math.sqrt(sum((d - mean) ** 2 for d in diff) / (len(diff) - 1)) if len(diff) > 1 else 0.0
+            wins = sum(d > 0 for d in diff)
+            cells.append(f"{mean:+.3f} ± {std:.3f} ({wins}/{len(diff)})")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def markdown_table(blocks: list[tuple[str, list[CurveRow], dict]]) -> str:
@@ -71,12 +114,12 @@ def settings_line(blocks) -> str:
         return ""
     run = blocks[0][2]
     o = run["options"]
-    n_seeds = sorted({o["seeds"] for _, _, r in blocks if r})
+    n_seeds = ", ".join(f"SNR {snr}: {len({r.seed for r in rows})}" for snr, rows, _ in blocks)
     return (
         f"{run.get('n_particles')} particles ({len(run.get('class_names', []))} classes) per SNR; "
         f"test fraction {o['test_fraction']}; initial {o['initial']}, budget {o['budget']} x "
         f"{o['cycles'] - 1} rounds; {o['epochs']} epochs from scratch each cycle, arch {o['arch']}"
-        f"{' width ' + str(o['width']) if o.get('width') else ''}; seeds {n_seeds}."
+        f"{' width ' + str(o['width']) if o.get('width') else ''}; complete seeds ({n_seeds})."
     )
 
 
@@ -125,7 +168,10 @@ def main() -> None:
     text = (
         "AUBC (area under the test-accuracy vs labels curve, over the label range), mean ± std over "
         "seeds. **Bold**: best mean per SNR; †: within one std of it.\n\n"
-        + markdown_table(blocks) + "\n\n" + settings_line(blocks) + "\n"
+        + markdown_table(blocks) + "\n\n" + settings_line(blocks) + "\n\n"
+        "Paired difference to `random` (same seed: same test split, initial set and cycle-0 model), "
+        "mean ± std over seeds, (seeds where the scheme beat random / seeds):\n\n"
+        + paired_vs_random(blocks) + "\n"
     )
     with atomic_open(args.results / "table.md", "w") as fh:
         fh.write(text)

@@ -7,7 +7,9 @@ final validation accuracy, training seconds per epoch, batched eval-mode inferen
 parameter count. Timings are measured in this one run and compared as ratios (the CPU may be
 shared). Runs that ask for several seeds report the mean and the spread.
 
-    OMP_NUM_THREADS=1 python benchmarks/arch_compare.py                 # ~30 min on a busy 2-core CPU
+    OMP_NUM_THREADS=1 python benchmarks/arch_compare.py --epochs 6 --first-seed 0   # one seed, 3 archs
+    # measured: 46 min wall for one seed, 1 thread, on a 2-core CPU shared with other jobs
+    # (dsrf3d ~300 s/epoch, rb3d ~60, resnet3d ~45); seeds run in parallel as separate processes
     python benchmarks/arch_compare.py --quick                           # smoke test, ~2 min
     python benchmarks/arch_compare.py --device cuda --train-per-class 200 --epochs 30
 """

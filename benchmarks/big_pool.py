@@ -7,9 +7,10 @@ wall time, throughput and peak RSS of each command measured in its own process.
 
 Steps, in a scratch directory that is deleted at the end (`--keep` keeps it):
 1. write N single-particle MRC files (float32, 10 Å voxels; not timed as part of cryoal);
-2. `cryoal ingest DIR -o pool.h5`: the pool is uncompressed, on purpose: z-scored noisy volumes
-   do not shrink (lzf/gzip save < 10% on noise, see benchmarks/ingest_speed.py), so compression
-   would only cost CPU on every read; the MRC files are deleted right after;
+2. `cryoal ingest DIR -o pool.h5` with ingest's default compression (`none`, chosen on purpose by
+   ingest: z-scored noisy volumes do not shrink, lzf/gzip save < 10% on noise, see
+   benchmarks/ingest_speed.py, so compression would only cost CPU on every read); the script
+   reports the compression the pool actually has; the MRC files are deleted right after;
 3. a checkpoint of the default architecture (random weights: speed does not depend on them);
 4. `cryoal predict` (plain batched inference over the scored particles) and
    `cryoal select --scheme entropy -n 100`, on the whole pool, or with `--score K` on a random
@@ -131,6 +132,8 @@ def main() -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--workdir", default=None, help="scratch directory (default: a temporary one)")
     ap.add_argument("--keep", action="store_true", help="keep the scratch directory")
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="alternate predict and select this many times; report medians (shared CPUs)")
     args = ap.parse_args()
 
     work = Path(args.workdir or tempfile.mkdtemp(prefix="cryoal-bigpool-"))
@@ -144,10 +147,14 @@ def main() -> int:
         report["write_mrc_s"] = write_mrc_files(mrc_dir, args.n, args.box)
         print(f"wrote {args.n} MRC files in {report['write_mrc_s']:.0f} s", file=sys.stderr)
         pool = work / "pool.h5"
-        ing = run_cli(["ingest", str(mrc_dir), "-o", str(pool), "--compression", "none"], work)
+        ing = run_cli(["ingest", str(mrc_dir), "-o", str(pool)], work)  # ingest's default compression
         shutil.rmtree(mrc_dir)
         report["ingest"] = {"seconds": ing["seconds"], "per_s": args.n / ing["seconds"],
                             "peak_rss_mib": ing["peak_rss_mib"], "pool_gb": pool.stat().st_size / 1e9}
+        import h5py
+
+        with h5py.File(pool, "r") as h5:
+            report["compression"] = h5["volumes"].compression or "none"
         print(f"ingest: {ing['seconds']:.0f} s, pool {report['ingest']['pool_gb']:.1f} GB", file=sys.stderr)
 
         model = work / "model.pt"
@@ -160,26 +167,36 @@ def main() -> int:
             predict_pool = work / "subset.h5"
             subset_pool(pool, predict_pool, args.score, seed=0)
             subset = ["--pool-subset", str(args.score), "--seed", "0"]
-        pred = run_cli(["predict", str(predict_pool), *common, "-o", str(work / "pred.csv")], work)
-        sel = run_cli(["select", str(pool), *common, "--scheme", "entropy", "-n", "100", *subset,
-                       "-o", str(work / "sel.csv")], work)
-        for name, res in (("predict", pred), ("select_entropy", sel)):
-            report[name] = {"seconds": res["seconds"], "per_s": scored / res["seconds"],
-                            "peak_rss_mib": res["peak_rss_mib"]}
-        report["select_over_inference"] = report["select_entropy"]["per_s"] / report["predict"]["per_s"]
+        runs: dict[str, list[dict]] = {"predict": [], "select_entropy": []}
+        for _ in range(max(args.repeats, 1)):  # interleaved: both see the same machine load
+            runs["predict"].append(
+                run_cli(["predict", str(predict_pool), *common, "-o", str(work / "pred.csv")], work))
+            runs["select_entropy"].append(
+                run_cli(["select", str(pool), *common, "--scheme", "entropy", "-n", "100", *subset,
+                         "-o", str(work / "sel.csv")], work))
+        ratios = [scored / s["seconds"] / (scored / p["seconds"])
+                  for p, s in zip(runs["predict"], runs["select_entropy"], strict=True)]
+        for name, res in runs.items():
+            secs = float(np.median([r["seconds"] for r in res]))
+            report[name] = {"seconds": secs, "per_s": scored / secs,
+                            "all_seconds": [r["seconds"] for r in res],
+                            "peak_rss_mib": max(r["peak_rss_mib"] for r in res)}
+        report["select_over_inference"] = float(np.median(ratios))
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
 
     gb = report["ingest"]["pool_gb"]
-    print(f"\nbig pool: {args.n} particles at {args.box}^3 ({gb:.1f} GB, uncompressed), "
+    comp = report["compression"]
+    print(f"\nbig pool: {args.n} particles at {args.box}^3 ({gb:.1f} GB, compression {comp}), "
           f"scored {report['score']}, arch {report['arch']}, batch {args.batch_size}, {args.device}, "
           f"{report['cpus']} CPUs")
     print(f"{'step':<16} {'seconds':>9} {'particles/s':>12} {'peak RSS MiB':>13}")
     for name in ("ingest", "predict", "select_entropy"):
         r = report[name]
         print(f"{name:<16} {r['seconds']:>9.1f} {r['per_s']:>12.1f} {r['peak_rss_mib']:>13.0f}")
-    print(f"select --scheme entropy throughput = {report['select_over_inference']:.2f} x plain inference")
+    print(f"select --scheme entropy throughput = {report['select_over_inference']:.3f} x plain inference "
+          f"(median of {max(args.repeats, 1)} interleaved pairs)")
     print(json.dumps(report))
     return 0
 

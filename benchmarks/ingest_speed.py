@@ -4,8 +4,7 @@
     .venv/bin/python benchmarks/ingest_speed.py --quick    # 200 and 60 files
 
 For each box size it writes N float32 MRC files (a smooth density plus noise, like a
-subtomogram), warms the page cache, then times, alternating and keeping the best of
-`--repeats` runs of each:
+subtomogram), warms the page cache, then times, alternating, `--repeats` runs of each:
   raw     `mrcfile.read(path)` on every file (the floor: reading the bytes and the header);
   write   writing the same number of bytes to one new plain file (the floor for the pool write);
   ingest  `cryoal.ingest.ingest` of the directory into a new pool, once per pool compression.
@@ -13,12 +12,19 @@ subtomogram), warms the page cache, then times, alternating and keeping the best
 is >= 0.5). `CPU ratio` is the same with this process's CPU time (user + system), which a
 machine shared with other jobs disturbs less. `vs floor` is (raw + write) / ingest: how close
 ingest is to reading plus writing the bytes with nothing else. MB/s counts the MRC bytes.
-Each number is the best of `--repeats` runs.
+Each number is the median of `--repeats` runs.
+
+Then, for the pool layout (`--read-only` runs just this part), it writes an uncompressed pool
+of `--n-read` particles with 1, 4 and 16 particles per HDF5 chunk and times (median of
+`--repeats`): writing it; `Pool.iter_batches(64)` over all of it (scoring, prediction); and
+`Pool.read` of a random 10% subset (training reads the labelled particles so), beside the
+same subset read with h5py fancy indexing (`ds[sorted indices]`, what `Pool.read` did before).
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import tempfile
 import time
@@ -30,6 +36,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cryoal.ingest import IngestOptions, ingest  # noqa: E402
+from cryoal.io.pool import PoolWriter, open_pool  # noqa: E402
 
 
 def make_files(directory: Path, n: int, box: int, seed: int = 0) -> int:
@@ -74,6 +81,44 @@ def run_ingest(directory: Path, out: Path, compression: str | None) -> None:
     ingest([str(directory)], out, IngestOptions(compression=compression, overwrite=True))
 
 
+def _median_time(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def read_speeds(tmp: Path, box: int, n: int, repeats: int, chunks=(1, 4, 16)) -> None:
+    """Write, scan and subset-read speeds (particles/s) of pools with `chunks` particles per chunk."""
+    rng = np.random.default_rng(1)
+    block = rng.standard_normal((min(n, 256), box, box, box), dtype=np.float32)
+    ids = [f"p{i}" for i in range(n)]
+    subset = np.sort(rng.choice(n, size=max(1, n // 10), replace=False))
+    print(f"\npool layout, {n} particles of {box}^3, uncompressed")
+    print(f"{'chunk':>5} {'write vol/s':>11} {'scan vol/s':>10} {'subset vol/s':>12} "
+          f"{'h5py fancy vol/s':>16}")
+    for chunk in chunks:
+        path = tmp / f"layout{box}_{chunk}.h5"
+
+        def write(path=path, chunk=chunk) -> None:
+            path.unlink(missing_ok=True)
+            with PoolWriter(path, shape=(box,) * 3, chunk_particles=chunk) as w:
+                for s in range(0, n, len(block)):
+                    k = min(len(block), n - s)
+                    w.add(block[:k], ids[s : s + k], ids[s : s + k])
+
+        wr = _median_time(write, repeats)
+        with open_pool(path) as pool:
+            scan = _median_time(lambda pool=pool: [None for _ in pool.iter_batches(64)], repeats)
+            sub = _median_time(lambda pool=pool: pool.read(subset), repeats)
+            fancy = _median_time(lambda pool=pool: pool.h5["volumes"][subset], max(1, repeats - 1))
+        print(f"{chunk:>5} {n / wr:>11.0f} {n / scan:>10.0f} {subset.size / sub:>12.0f} "
+              f"{subset.size / fancy:>16.0f}", flush=True)
+        path.unlink()
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n32", type=int, default=1000, help="files at 32^3")
@@ -81,9 +126,13 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--compressions", default="none,lzf,gzip", help="pool compressions to time")
     ap.add_argument("--quick", action="store_true", help="200 and 60 files, 2 repeats")
+    ap.add_argument("--n-read", type=int, default=2000, help="particles (32^3) in the pool-layout test")
+    ap.add_argument("--read-only", action="store_true", help="only the pool-layout (chunking, read) test")
     args = ap.parse_args()
     if args.quick:
-        args.n32, args.n64, args.repeats = 200, 60, 2
+        args.n32, args.n64, args.repeats, args.n_read = 200, 60, 2, 500
+    if args.read_only:
+        args.n32 = args.n64 = 0
     comps = [None if c == "none" else c for c in args.compressions.split(",")]
 
     print(f"{'box':>4} {'files':>6} {'pool':>5} {'raw vol/s':>10} {'ingest vol/s':>12} {'ingest MB/s':>11} "
@@ -106,13 +155,16 @@ def main() -> int:
                     (tmp / "write_floor.bin").unlink()
                     out.unlink(missing_ok=True)
                     ing_t.append(_timed(run_ingest, src, out, comp))
-                (raw, raw_cpu), (wr, _), (ing, ing_cpu) = (min(t) for t in (raw_t, wr_t, ing_t))
-                raw_cpu = min(c for _, c in raw_t)
-                ing_cpu = min(c for _, c in ing_t)
+                raw, wr, ing = (statistics.median(w for w, _ in t) for t in (raw_t, wr_t, ing_t))
+                raw_cpu = statistics.median(c for _, c in raw_t)
+                ing_cpu = statistics.median(c for _, c in ing_t)
                 print(f"{box:>4} {n:>6} {comp or 'none':>5} {n / raw:>10.0f} {n / ing:>12.0f} "
                       f"{nbytes / ing / 1e6:>11.1f} {nbytes / raw / 1e6:>9.1f} {nbytes / wr / 1e6:>10.1f} "
                       f"{raw / ing:>6.2f} {raw_cpu / ing_cpu:>9.2f} {(raw + wr) / ing:>8.2f} "
                       f"{out.stat().st_size / nbytes:>8.3f}", flush=True)
+                out.unlink()
+        if args.n_read > 0:
+            read_speeds(tmp, 32, args.n_read, args.repeats)
     return 0
 
 

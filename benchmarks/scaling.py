@@ -102,6 +102,7 @@ def main() -> int:
                 rows.append({"command": f"select {scheme}", "ranks": r, "seconds": best[r],
                              "per_s": n_scored / best[r], "speedup": best[ranks[0]] / best[r],
                              "identical_to_1_thread_process": same})
+                print(json.dumps(rows[-1]), file=sys.stderr, flush=True)  # partial results as they come
         if not args.skip_train:
             tr = ["train", str(pool), "--epochs", str(args.epochs), "--device", "cpu", "--batch-size", "16",
                   "--patience", str(args.epochs)]
@@ -113,6 +114,7 @@ def main() -> int:
                 rows.append({"command": f"train {args.epochs} epochs", "ranks": r, "seconds": best[r],
                              "per_s": args.labelled * args.epochs / best[r],
                              "speedup": best[ranks[0]] / best[r], "identical_to_1_thread_process": None})
+                print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
 
     cores = len(os.sched_getaffinity(0))
     print(f"\nscaling on CPU (gloo), {args.n} particles at {args.box}^3, {cores} cores, "

@@ -139,6 +139,11 @@ def check_model_matches_pool(meta: dict, pool) -> None:
             f"{pool.path}: the model was trained in {meta['mode']} mode on particles of shape {shape}, "
             f"but this pool is in {pool.mode} mode (shape {tuple(pool.shape)})"
         )
+    if len(shape) != len(pool.shape):  # e.g. 3D patches given to a 2D U-Net
+        raise CryoalError(
+            f"{pool.path}: a {len(shape)}D model (trained on shape {shape}) cannot read this pool's "
+            f"{len(pool.shape)}D data (shape {tuple(pool.shape)}); train a model on this pool"
+        )
     if shape != tuple(pool.shape):
         raise CryoalError(
             f"{pool.path}: the model was trained on particles of shape {shape} (box {meta.get('box')}), "

@@ -12,6 +12,16 @@ Inputs, in any mix:
   coordinates in pixels (`rlnCoordinateX/Y/Z`, or `x`, `y`, `z`). Every column is kept verbatim
   in the pool's `meta/<column>`.
 
+Image modes (`--mode image|segmentation`) also read PNG, TIFF and NPY files
+(`cryoal.io.images`; a directory contributes those too). Image mode stores 2D images: an MRC
+file or NPY array with several sections, or a multi-page TIFF, is a stack of images.
+Segmentation stores 2D images or 3D patches, as the first item is, and beside each its mask
+(`cryoal.masks`): from the manifest's `mask_path` column (relative to the manifest), else a file
+named like the image in `--masks DIR` (`a.mrc` -> `a.png`, `a_mask.tif`, ...), else none (all
+pixels unlabelled, -1). Masks are integer class maps; -1 or `--ignore-index` marks unlabelled
+pixels; a mask is cropped/padded exactly as its image. A mask whose shape differs from its image,
+or (with `--classes`) a class id beyond the classes, is a bad input like an unreadable file.
+
 A particle's id is the manifest's id, else the file stem (``p01.mrc.gz`` -> ``p01``), with
 ``#k`` appended for item k (from 1) of a stack. Each volume is cropped, z-scored and padded
 to the box by `cryoal.preprocess.fit_box`. Without `--box` every volume must have the shape of
@@ -37,8 +47,9 @@ from pathlib import Path
 import numpy as np
 
 from cryoal.errors import CryoalError, InputError
+from cryoal.io.images import ImageFile, image_stem, is_image_name
 from cryoal.io.mrc import MrcFile, is_mrc_name, mrc_stem
-from cryoal.io.pool import MODES, PoolWriter, open_pool
+from cryoal.io.pool import PoolWriter, open_pool
 from cryoal.io.star import Table
 from cryoal.io.tables import read_table, table_len
 from cryoal.labels import resolve_labels
@@ -50,7 +61,8 @@ ID_COLUMNS = ("particle_id", "rlnTomoParticleName")
 LABEL_COLUMNS = ("label", "rlnClassNumber")
 TOMO_COLUMNS = ("rlnTomoName", "tomo")
 COORD_COLUMNS = (("rlnCoordinateX", "rlnCoordinateY", "rlnCoordinateZ"), ("x", "y", "z"))
-INGEST_MODES = ("subtomogram", "image")
+INGEST_MODES = ("subtomogram", "image", "segmentation")
+MASK_PATH_COLUMNS = ("mask_path", "mask")  # segmentation manifests: the mask of each row
 _STACK_REF = re.compile(r"^(\d+)@(.+)$")
 _GLOB_CHARS = re.compile(r"[*?\[]")
 
@@ -70,6 +82,10 @@ class IngestOptions:
     voxel_size: float | None = None
     batch_size: int | None = None  # default: ~32 MB of volumes per write
     compression: str | None = None  # z-scored noisy volumes do not compress: see benchmarks/ingest_speed.py
+    # segmentation mode (cryoal.masks): masks from a manifest `mask_path` column or from this directory
+    masks_dir: Path | None = None
+    ignore_index: int | None = None  # mask value meaning "unlabelled" (besides -1)
+    classes: list[str] | None = None  # fixed class names: a mask id beyond them is an error
 
 
 @dataclass
@@ -96,6 +112,7 @@ class _Manifest:
     labels: np.ndarray | None  # class index per row, -1 when empty
     tomo_col: str | None
     coord_cols: tuple[str, str, str] | None
+    mask_col: str | None = None
 
 
 @dataclass
@@ -122,6 +139,8 @@ class _Item:
     volume: np.ndarray
     voxel_size: float
     src: _Source
+    index: int = 0  # item of its file
+    in_stack: bool = False
 
 
 @dataclass
@@ -144,30 +163,35 @@ def _first(table: Table, names: tuple[str, ...]) -> str | None:
     return next((c for c in names if c in table), None)
 
 
-def _files_in(directory: Path) -> list[Path]:
+def _files_in(directory: Path, images: bool = False) -> list[Path]:
+    accept = is_image_name if images else is_mrc_name
     names: list[str] = []
     for root, dirs, files in os.walk(directory):
         dirs[:] = [d for d in dirs if not d.startswith(".")]  # skip hidden directories and files
-        names.extend(os.path.join(root, f) for f in files if not f.startswith(".") and is_mrc_name(f))
+        names.extend(os.path.join(root, f) for f in files if not f.startswith(".") and accept(f))
     found = [Path(n) for n in sorted(names)]
     if not found:
-        raise InputError(f"{directory}: no MRC files (.mrc .mrcs .rec .map .st .ali .ccp4 [.gz .bz2]) in it")
+        what = "image files (.png .tif .npy or MRC)" if images else \
+            "MRC files (.mrc .mrcs .rec .map .st .ali .ccp4 [.gz .bz2])"
+        raise InputError(f"{directory}: no {what} in it")
     return found
 
 
-def _expand(inputs: list[str]) -> list[Path]:
-    """Files, directories (recursive) and globs to a list of paths, in the order given."""
+def _expand(inputs: list[str], images: bool = False) -> list[Path]:
+    """Files, directories (recursive) and globs to a list of paths, in the order given.
+
+    `images`: directories contribute PNG/TIFF/NPY files as well as MRC files (image modes)."""
     out: list[Path] = []
     for text in inputs:
         p = Path(text)
         if p.exists():
-            out.extend(_files_in(p) if p.is_dir() else [p])
+            out.extend(_files_in(p, images) if p.is_dir() else [p])
         elif _GLOB_CHARS.search(text):
             matches = sorted(globmod.glob(text, recursive=True))
             if not matches:
                 raise InputError(f"{text}: no files match this pattern")
             for m in map(Path, matches):
-                out.extend(_files_in(m) if m.is_dir() else [m])
+                out.extend(_files_in(m, images) if m.is_dir() else [m])
         else:
             raise InputError(f"{text}: file not found")
     return out
@@ -187,7 +211,8 @@ def _read_manifest(path: Path, opts: IngestOptions) -> tuple[_Manifest, list[str
     if opts.label_column and opts.label_column not in table:
         raise InputError(f"{path}: no column '{opts.label_column}' (given by --label-column)")
     coord_cols = next((c for c in COORD_COLUMNS if all(n in table for n in c)), None)
-    manifest = _Manifest(path, table, path_col, id_col, None, _first(table, TOMO_COLUMNS), coord_cols)
+    manifest = _Manifest(path, table, path_col, id_col, None, _first(table, TOMO_COLUMNS), coord_cols,
+                         _first(table, MASK_PATH_COLUMNS) if opts.mode == "segmentation" else None)
     return manifest, (table[label_col] if label_col else [])
 
 
@@ -225,7 +250,7 @@ def plan_sources(inputs: list[str], opts: IngestOptions, class_names: list[str])
     bad: list[_Bad] = []
     seen: set[tuple[str, int | None]] = set()
     names = list(class_names)
-    for path in _expand(inputs):
+    for path in _expand(inputs, images=opts.mode != "subtomogram"):
         if path.suffix.lower() in MANIFEST_SUFFIXES:
             manifest, label_values = _read_manifest(path, opts)
             if label_values:
@@ -250,19 +275,28 @@ def plan_sources(inputs: list[str], opts: IngestOptions, class_names: list[str])
 # ------------------------------------------------------------------------------------------
 
 
+def _opener(opts: IngestOptions) -> Callable[[Path], MrcFile | ImageFile]:
+    """How to open an input file: MRC volumes for subtomograms; any image format otherwise
+    (image mode: 2D images; segmentation: 2D images or 3D volumes, as the file holds them)."""
+    if opts.mode == "subtomogram":
+        return lambda path: MrcFile(path, kind="volume", stack=opts.stack)
+    kind = "image" if opts.mode == "image" else "auto"
+    return lambda path: ImageFile(path, kind=kind)
+
+
 class _OpenFiles:
-    """A few open MRC files, so that manifest rows naming items of one stack do not reopen it."""
+    """A few open files, so that manifest rows naming items of one stack do not reopen it."""
 
-    def __init__(self, kind: str, stack: bool, keep: int = 4):
-        self.kind, self.stack, self.keep = kind, stack, keep
-        self._open: OrderedDict[Path, MrcFile] = OrderedDict()
+    def __init__(self, opener: Callable[[Path], MrcFile | ImageFile], keep: int = 4):
+        self.opener, self.keep = opener, keep
+        self._open: OrderedDict[Path, MrcFile | ImageFile] = OrderedDict()
 
-    def get(self, path: Path) -> MrcFile:
+    def get(self, path: Path) -> MrcFile | ImageFile:
         f = self._open.get(path)
         if f is not None:
             self._open.move_to_end(path)
             return f
-        f = MrcFile(path, kind=self.kind, stack=self.stack)
+        f = self.opener(path)
         self._open[path] = f
         while len(self._open) > self.keep:
             self._open.popitem(last=False)[1].close()
@@ -276,14 +310,14 @@ class _OpenFiles:
 
 def _iter_items(sources: list[_Source], opts: IngestOptions,
                 on_source: Callable[[], None] | None = None) -> Iterator[_Item | _Bad]:
-    kind = "image" if opts.mode == "image" else "volume"
-    files = _OpenFiles(kind, opts.stack)
+    opener = _opener(opts)
+    files = _OpenFiles(opener)
     try:
         for src in sources:
             try:
                 if src.index is None:
                     # a whole file: read it, yield its items, close it (a stack file may be big)
-                    with MrcFile(src.file, kind=kind, stack=opts.stack) as f:
+                    with opener(src.file) as f:
                         for k in range(f.n_items):
                             yield _make_item(src, f, k, f.is_stack)
                 else:
@@ -302,7 +336,7 @@ def _iter_items(sources: list[_Source], opts: IngestOptions,
         files.close()
 
 
-def _make_item(src: _Source, f: MrcFile, k: int, numbered: bool) -> _Item:
+def _make_item(src: _Source, f: MrcFile | ImageFile, k: int, numbered: bool) -> _Item:
     m = src.manifest
     if m is not None and m.id_col is not None:
         pid = m.table[m.id_col][src.row].strip()
@@ -311,9 +345,11 @@ def _make_item(src: _Source, f: MrcFile, k: int, numbered: bool) -> _Item:
         if numbered and src.index is None:
             pid = f"{pid}#{k + 1}"
     else:
-        pid = mrc_stem(src.file) + (f"#{k + 1}" if numbered else "")
+        # mrc_stem is plain string work; image_stem builds Paths (~30 us a file, a tenth of a read)
+        stem = mrc_stem(src.file) if is_mrc_name(src.file) else image_stem(src.file)
+        pid = stem + (f"#{k + 1}" if numbered else "")
     source = src.abs_path + (f"#{k + 1}" if numbered else "")
-    return _Item(pid, source, f.item(k), f.header.voxel_size, src)
+    return _Item(pid, source, f.item(k), f.header.voxel_size, src, k, numbered)
 
 
 # ------------------------------------------------------------------------------------------
@@ -334,8 +370,9 @@ def _coords(src: _Source) -> tuple[float, float, float]:
 class _Batch:
     """A batch being filled: normalised volumes in one preallocated buffer, plus their items."""
 
-    def __init__(self, buffer: np.ndarray) -> None:
+    def __init__(self, buffer: np.ndarray, masks: np.ndarray | None = None) -> None:
         self.buffer = buffer
+        self.masks = masks  # segmentation: int16 masks beside the volumes
         self.items: list[_Item] = []
 
     def slot(self) -> np.ndarray:
@@ -363,6 +400,12 @@ class _Batch:
             int(s.manifest.labels[s.row]) if s.manifest is not None and s.manifest.labels is not None else -1
             for s in srcs
         ]
+        masks = None
+        if self.masks is not None:  # a segmentation particle is labelled when its mask is
+            from cryoal.masks import mask_labels
+
+            masks = self.masks[:n]
+            labels = mask_labels(masks).tolist()
         tomos = [
             s.manifest.table[s.manifest.tomo_col][s.row] if s.manifest and s.manifest.tomo_col else ""
             for s in srcs
@@ -376,7 +419,7 @@ class _Batch:
         writer.add(
             self.buffer[:n], [it.particle_id for it in self.items], [it.source for it in self.items],
             labels=np.asarray(labels, np.int32), tomos=tomos,
-            coords=np.asarray([_coords(s) for s in srcs], np.float32), meta=columns,
+            coords=np.asarray([_coords(s) for s in srcs], np.float32), meta=columns, masks=masks,
         )
 
 
@@ -411,23 +454,23 @@ def ingest(
     output = Path(output)
     if opts.mode not in INGEST_MODES:
         known = ", ".join(INGEST_MODES)
-        raise CryoalError(f"--mode {opts.mode}: ingest builds {known} pools" + (
-            "; segmentation pools need masks, which ingest does not read" if opts.mode in MODES else ""))
+        raise CryoalError(f"--mode {opts.mode}: ingest builds {known} pools")
     if opts.box is not None and opts.box < 1:
         raise CryoalError(f"--box {opts.box}: must be a positive size")
     if opts.voxel_size is not None and not opts.voxel_size > 0:
         raise CryoalError(f"--voxel-size {opts.voxel_size}: must be positive")
-    ndim = 2 if opts.mode == "image" else 3
+    ndim = {"image": 2, "subtomogram": 3}.get(opts.mode)  # segmentation: 2D or 3D, as the data
 
     existing_names: list[str] = []
     existing_ids: set[str] = set()
     pool_voxel = math.nan
-    target: tuple[int, ...] | None = (opts.box,) * ndim if opts.box else None
+    target: tuple[int, ...] | None = (opts.box,) * ndim if opts.box and ndim else None
     if opts.append:
         with open_pool(output) as pool:
             if pool.mode != opts.mode:
                 raise CryoalError(f"{output}: pool is in {pool.mode} mode, cannot append {opts.mode} data")
-            if target is not None and target != pool.shape:
+            if target is not None and target != pool.shape or (
+                    opts.box and ndim is None and (opts.box,) * len(pool.shape) != pool.shape):
                 raise CryoalError(
                     f"{output}: pool particles are {_shape_text(pool.shape)}, "
                     f"--box asks for {_shape_text(target)}"
@@ -441,7 +484,17 @@ def ingest(
             f"{output}: already exists; pass --append to add to it or --overwrite to replace it"
         )
 
+    if opts.mode != "segmentation" and (opts.masks_dir or opts.ignore_index is not None or opts.classes):
+        raise CryoalError("--masks, --ignore-index and --classes are for --mode segmentation")
+    if opts.masks_dir is not None and not Path(opts.masks_dir).is_dir():
+        raise CryoalError(f"{opts.masks_dir}: --masks must be a directory of mask files")
     sources, class_names, planned_bad = plan_sources(inputs, opts, existing_names)
+    masks = None
+    if opts.mode == "segmentation":
+        from cryoal.masks import MaskReader
+
+        given = list(opts.classes) if opts.classes else list(existing_names)
+        masks = MaskReader(opts.ignore_index, opts.masks_dir, given, fixed_classes=bool(opts.classes))
     if not sources and not planned_bad:
         raise InputError("no input files")
     result = IngestResult(pool=str(output), n_added=0, n_total=0, shape=(), voxel_size=math.nan,
@@ -469,10 +522,21 @@ def ingest(
                 bad(ev.message)
                 continue
             if target is None:  # no --box: the first volume sets the shape
-                target = ev.volume.shape
+                target = (opts.box,) * ev.volume.ndim if opts.box else ev.volume.shape
             if batch is None:
-                batch = _Batch(np.empty((_batch_size(opts.batch_size, target), *target), np.float32))
+                size = _batch_size(opts.batch_size, target)
+                batch = _Batch(np.empty((size, *target), np.float32),
+                               np.empty((size, *target), np.int16) if masks is not None else None)
             try:
+                if ev.volume.ndim != len(target):
+                    raise InputError(
+                        f"{ev.source}: a {ev.volume.ndim}D item, but the pool's particles are "
+                        f"{len(target)}D ({_shape_text(target)}); 2D and 3D data go in separate pools"
+                    )
+                if masks is not None:
+                    batch.masks[len(batch.items)] = masks.read(
+                        _mask_file(ev, masks.masks_dir), ev.index, ev.in_stack, ev.volume.shape, target
+                    )
                 _normalise(ev, target, opts, batch.slot())
             except InputError as exc:
                 if not opts.skip_bad:
@@ -493,7 +557,10 @@ def ingest(
             raise CryoalError(f"{output}: no particles to write{skipped}; nothing was written")
         voxel = _choose_voxel_size(opts.voxel_size, pool_voxel, voxel_sizes, result.warnings)
         writer.set_voxel_size(voxel)
+        if masks is not None:
+            class_names = result.class_names = list(masks.class_names)
         writer.set_class_names(class_names)
+        _record_star_blocks(writer, sources)
         result.n_added = writer.n_added
         result.voxel_size = voxel
         result.shape = tuple(writer.shape or ())
@@ -501,6 +568,42 @@ def ingest(
         result.n_total = len(pool)
         result.n_labelled = int((pool.labels >= 0).sum())
     return result
+
+
+def _record_star_blocks(writer: PoolWriter, sources: list[_Source]) -> None:
+    """Keep the other blocks (optics, general) of each STAR manifest read, for STAR export."""
+    from cryoal.io.star import particles_block, read_star
+    from cryoal.io.tables import is_star
+
+    done: set[Path] = set()
+    for src in sources:
+        m = src.manifest
+        if m is None or m.path in done or not is_star(m.path):
+            continue
+        done.add(m.path)
+        blocks = read_star(m.path)
+        particles = particles_block(blocks, str(m.path))
+        others = {name: table for name, table in blocks.items() if table is not particles}
+        if others:
+            writer.add_star_blocks(str(m.path), others)
+
+
+def _mask_file(item: _Item, masks_dir: Path | None) -> Path | None:
+    """The mask of an item: its manifest row's mask path (relative to the manifest), else a file
+    named like its image in `masks_dir`; None when it has none (all pixels unlabelled)."""
+    m = item.src.manifest
+    if m is not None and m.mask_col is not None:
+        ref = m.table[m.mask_col][item.src.row].strip()
+        if ref:
+            path = Path(ref) if os.path.isabs(ref) else m.path.parent / ref
+            if not path.is_file():
+                raise InputError(f"{item.src.where}: mask file not found: {path}")
+            return path
+    if masks_dir is not None:
+        from cryoal.masks import find_mask_file
+
+        return find_mask_file(item.src.file, Path(masks_dir))
+    return None
 
 
 def _normalise(item: _Item, target: tuple[int, ...], opts: IngestOptions, out: np.ndarray) -> None:

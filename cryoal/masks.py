@@ -265,6 +265,29 @@ def import_mask_file(
     return summary
 
 
+def read_truth_masks(pool, table_path: str | os.PathLike, ignore_index: int | None = None) -> np.ndarray:
+    """The oracle's masks (N, *shape) int16 for every pool particle, in pool order, from a
+    `particle_id,mask_path` table (the benchmark's truth for segmentation pools). InputError when a
+    particle has no mask, or a mask does not fit its image."""
+    table_path = Path(table_path)
+    table = read_table(table_path)
+    if "particle_id" not in table:
+        raise InputError(f"{table_path}: no 'particle_id' column (columns: {', '.join(table) or 'none'})")
+    col = mask_column(table, str(table_path))
+    refs = {pid.strip(): ref.strip() for pid, ref in zip(table["particle_id"], table[col], strict=True)
+            if ref.strip()}
+    kind = "image" if len(pool.shape) == 2 else "volume"
+    out = np.empty((len(pool), *pool.shape), np.int16)
+    for row, pid in enumerate(pool.particle_ids):
+        ref = refs.get(str(pid))
+        if ref is None:
+            raise InputError(f"{table_path}: no mask for pool particle '{pid}'")
+        path = Path(ref) if os.path.isabs(ref) else table_path.parent / ref
+        mask = read_mask(path, kind=kind, ignore_index=ignore_index)
+        out[row] = fit_to_pool(mask, pool.shape, source_shape(pool.sources[row], kind), str(path))
+    return out
+
+
 # ------------------------------------------------------------------------------------------
 # Metrics
 # ------------------------------------------------------------------------------------------
@@ -322,8 +345,9 @@ def predict_masks(
 
     from cryoal.checkpoint import check_model_matches_pool, load_model
     from cryoal.device import resolve_device
-    from cryoal.inference import prefetch, to_model_input
+    from cryoal.inference import to_model_input
     from cryoal.io.atomic import atomic_open, atomic_path, check_output_dir
+    from cryoal.io.prefetch import BatchReader
 
     if batch_size < 1:
         raise CryoalError(f"--batch-size {batch_size}: must be at least 1")
@@ -345,12 +369,12 @@ def predict_masks(
             writer = csv.writer(fh, lineterminator="\n")
             writer.writerow(["particle_id", "mean_confidence", *[f"fraction_{c}" for c in names]])
             done = 0
-            for idx, volumes in prefetch(pool.iter_batches(batch_size)):
+            for idx, volumes in BatchReader(pool, batch_size=batch_size):
                 with torch.no_grad():
                     probs = torch.softmax(model(to_model_input(model, volumes, dev)).float(), dim=1)
                 conf, pred = probs.max(dim=1)
                 pred_np = pred.cpu().numpy().astype(np.int16)
-                stack[idx[0] : idx[-1] + 1] = pred_np
+                stack[idx] = pred_np
                 conf_np = conf.flatten(1).mean(1).cpu().numpy()
                 flat = pred_np.reshape(len(idx), -1)
                 for i, c, row in zip(idx, conf_np, flat, strict=True):
@@ -366,6 +390,8 @@ def predict_masks(
     share = pixels / max(int(pixels.sum()), 1)
     return {
         "n": int(total), "class_names": names, "output": str(out_csv), "masks": str(masks_path),
+        "outputs": {"csv": str(out_csv), "masks": str(masks_path)},
+        "counts": dict(zip(names, pixels.tolist(), strict=True)),  # predicted pixels per class
         "pixel_fraction": dict(zip(names, [float(s) for s in share], strict=True)),
         "mean_confidence": conf_sum / total if total else None,
     }
@@ -374,5 +400,5 @@ def predict_masks(
 __all__ = [
     "MASK_COLUMNS", "MaskImportSummary", "class_names_for", "default_masks_path", "fit_to_pool",
     "import_mask_file", "iou_per_class", "mask_column", "mask_labels", "mean_iou", "parse_source",
-    "pixel_confusion", "predict_masks", "source_shape",
+    "pixel_confusion", "predict_masks", "read_truth_masks", "source_shape",
 ]

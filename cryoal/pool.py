@@ -9,3 +9,4 @@ from cryoal.io.pool import (  # noqa: F401
     edit_pool,
     open_pool,
 )
+from cryoal.labels import import_label_file, set_labels  # noqa: F401

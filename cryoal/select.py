@@ -67,15 +67,25 @@ def _format_coord(v: float) -> str:
 def select_from_pool(
     pool, model, *, scheme: str, n: int, batch_size: int = 32, seed: int | None = 0,
     pool_subset: int | None = None, norm: str = "l2", mc_passes: int = 20,
-    progress: Progress | None = None,
-) -> Ranked:
+    progress: Progress | None = None, dist=None, samples: int = 8,
+) -> Ranked | None:
     """Score an open pool's unlabelled particles with `model` (already on its device) and rank them.
 
     Returns the top `n` (every candidate when `n == 0`). Raises CryoalError on bad options.
+    Under torchrun (`dist`, a `cryoal.distributed.DistContext` with several ranks) each rank
+    scores a contiguous run of the batches one process would score (batch boundaries fixed to
+    global positions, see `cryoal.io.prefetch.batch_plan`), rank 0 gathers the per-particle
+    results (features, for coreset/badge) and ranks them exactly as one process does; the other
+    ranks return None. A failure on any rank raises a CryoalError on every rank.
     """
+    from cryoal.distributed import DistContext, gather_concat, run_on_all_ranks, shard_range
+    from cryoal.io.prefetch import batch_plan
+
+    dist = dist or DistContext()
     from cryoal.scoring import SCHEMES, as_model_input, get_scheme
     from cryoal.scoring.gradnorm import NORMS
     from cryoal.scoring.registry import ScoreContext, ScoreScheme
+    from cryoal.scoring.segmentation import pooled_probs, prediction_summary
     from cryoal.scoring.uncertainty import has_dropout
 
     sch = get_scheme(scheme)
@@ -87,6 +97,8 @@ def select_from_pool(
         raise CryoalError(f"--norm {norm}: choose one of {', '.join(NORMS)}")
     if mc_passes < 1:
         raise CryoalError(f"--mc-passes {mc_passes}: must be at least 1")
+    if samples < 1:
+        raise CryoalError(f"--samples {samples}: must be at least 1")
     if pool_subset is not None and pool_subset < 1:
         raise CryoalError(f"--pool-subset {pool_subset}: must be at least 1")
     if scheme == "bald" and not has_dropout(model):
@@ -107,28 +119,50 @@ def select_from_pool(
     total = cand.size
 
     def batches(indices: np.ndarray, done0: int = 0, total_: int | None = None):
+        """This rank's share of the batches of `indices` (all of them in one process)."""
         from cryoal.io.prefetch import BatchReader
 
-        done = done0
-        for idx, vol in BatchReader(pool, indices, batch_size):
+        plan = batch_plan(indices, batch_size)
+        first, stop = shard_range(len(plan), dist)
+        mine = plan[first:stop]
+        share = max(sum(len(b) for b in mine), 1)
+        done = 0
+        for idx, vol in BatchReader(pool, batches=mine):
             yield idx, as_model_input(model, vol)
             done += len(idx)
-            if progress:
-                progress(done, total_ or total)
+            if progress:  # this rank's fraction of its share, as particles of the whole phase
+                progress(done0 + done * len(indices) // share, total_ or total)
 
     if isinstance(sch, ScoreScheme):
-        ctx = ScoreContext.make(norm=norm, mc_passes=mc_passes, seed=seed)
-        scores = np.empty(total)
-        probs_top = np.empty(total, dtype=np.int64)
-        conf = np.empty(total)
-        pos = 0
-        for idx, x in batches(cand):
-            s, p = sch.score(model, x, ctx)
-            k = len(idx)
-            scores[pos : pos + k] = s
-            probs_top[pos : pos + k] = p.argmax(1)
-            conf[pos : pos + k] = p.max(1)
-            pos += k
+        ctx = ScoreContext.make(norm=norm, mc_passes=mc_passes, seed=seed, samples=samples)
+
+        def score_shard() -> dict[str, np.ndarray]:
+            plan = batch_plan(cand, batch_size)
+            first, stop = shard_range(len(plan), dist)
+            start = sum(len(b) for b in plan[:first])
+            size = sum(len(b) for b in plan[first:stop])
+            if start:  # `random` draws from one stream: skip what the ranks before this one draw
+                ctx.rng.random(start)
+            scores = np.empty(size)
+            probs_top = np.empty(size, dtype=np.int64)
+            conf = np.empty(size)
+            pos = 0
+            for idx, x in batches(cand):
+                if ctx.generator is not None and seed is not None:  # sampled label maps: the same
+                    ctx.generator.manual_seed(int(np.random.SeedSequence([seed, 3, int(idx[0])])
+                                                  .generate_state(1)[0]))  # draws however sharded
+                s, p = sch.score(model, x, ctx)
+                k = len(idx)
+                scores[pos : pos + k] = s
+                # per-pixel outputs: the class of largest pixel-mean probability, mean top probability
+                probs_top[pos : pos + k], conf[pos : pos + k] = prediction_summary(p)
+                pos += k
+            return {"scores": scores, "top": probs_top, "conf": conf}
+
+        parts = gather_concat(run_on_all_ranks(score_shard, dist), dist)
+        if parts is None:
+            return None
+        scores, probs_top, conf = parts["scores"], parts["top"], parts["conf"]
         order = rank_by_score(scores, ids[cand])[:n_out]
         return Ranked(cand[order], scores[order], probs_top[order], conf[order], total, n_unlabelled)
 
@@ -141,22 +175,34 @@ def select_from_pool(
     # Candidates in particle-id order, so that ties in the greedy choice go to the smaller id.
     cand = cand[np.argsort(np.asarray(ids[cand], dtype=str), kind="stable")]
 
-    def embed(indices: np.ndarray, done0: int, total_: int) -> tuple[np.ndarray, np.ndarray]:
-        """Features (M, F) and probabilities (M, C) of `indices`, in the order given."""
-        feats, probs = [], []
+    def embed(indices: np.ndarray, done0: int, total_: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """Features (M, F) and probabilities (M, C) of `indices`, in the order given (rank 0 only)."""
         read_order = np.argsort(indices, kind="stable")  # read in pool order, put back after
-        with torch.no_grad(), eval_mode(model):
-            for _, x in batches(indices[read_order], done0, total_):
-                logits, f = penultimate(model, x)
-                probs.append(torch.softmax(logits.double(), dim=1).cpu().numpy())
-                feats.append(f.double().cpu().numpy())
+
+        def embed_shard() -> dict[str, np.ndarray] | None:
+            feats, probs = [], []
+            with torch.no_grad(), eval_mode(model):
+                for _, x in batches(indices[read_order], done0, total_):
+                    logits, f = penultimate(model, x)
+                    # one row per sample: per-pixel probabilities are averaged over pixels
+                    probs.append(pooled_probs(torch.softmax(logits.double(), dim=1).cpu().numpy()))
+                    feats.append(f.double().cpu().numpy())
+            return {"feats": np.concatenate(feats), "probs": np.concatenate(probs)} if feats else None
+
+        parts = gather_concat(run_on_all_ranks(embed_shard, dist), dist)
+        if parts is None:
+            return None
         back = np.argsort(read_order, kind="stable")
-        return np.concatenate(feats)[back], np.concatenate(probs)[back]
+        return parts["feats"][back], parts["probs"][back]
 
     labelled = np.flatnonzero(labels >= 0) if sch.uses_labelled else np.zeros(0, dtype=np.int64)
     grand = total + labelled.size
-    feats, probs = embed(cand, 0, grand)
-    lab_feats = embed(labelled, total, grand)[0] if labelled.size else None
+    embedded = embed(cand, 0, grand)
+    lab_embedded = embed(labelled, total, grand) if labelled.size else None
+    if embedded is None:
+        return None
+    feats, probs = embedded
+    lab_feats = lab_embedded[0] if lab_embedded is not None else None
     order, gains = sch.choose(probs, feats, n_out, lab_feats, seed)
     return Ranked(cand[order], gains, probs[order].argmax(1), probs[order].max(1), total, n_unlabelled,
                   extra={"n_labelled_centres": int(labelled.size)})
@@ -182,44 +228,104 @@ def ranked_columns(pool, ranked: Ranked, class_names: list[str]) -> dict[str, li
     }
 
 
+FORMATS = ("csv", "star", "both")
+
+
+def output_paths(out: str | os.PathLike, fmt: str) -> dict[str, str]:
+    """Where `--format csv|star|both` writes: {"csv": path} and/or {"star": path}.
+
+    `star` writes the STAR file at `out`; `both` writes the CSV at `out` and the STAR file beside
+    it with the suffix `.star` (`cryoal.export.star_path_for`).
+    """
+    from cryoal.export import star_path_for
+
+    if fmt not in FORMATS:
+        raise CryoalError(f"--format {fmt}: choose one of {', '.join(FORMATS)}")
+    if fmt == "csv":
+        return {"csv": str(out)}
+    if fmt == "star":
+        return {"star": str(out)}
+    star = star_path_for(out)
+    if str(star) == str(out):
+        raise CryoalError(f"{out}: --format both needs a CSV path that does not end in .star")
+    return {"csv": str(out), "star": str(star)}
+
+
 def select_pool(
     pool_path: str | os.PathLike, model_path: str | os.PathLike, out_csv: str | os.PathLike, *,
     scheme: str, n: int, batch_size: int = 32, device: str = "auto", seed: int | None = 0,
     pool_subset: int | None = None, norm: str = "l2", mc_passes: int = 20,
-    progress: Progress | None = None,
-) -> dict[str, Any]:
-    """`cryoal select`: rank the pool's unlabelled particles and write the CSV atomically.
+    progress: Progress | None = None, fmt: str = "csv", dist=None, log=None, samples: int = 8,
+) -> dict[str, Any] | None:
+    """`cryoal select`: rank the pool's unlabelled particles and write the CSV (and/or STAR) atomically.
 
-    Returns a summary: `n_written`, `n_scored`, `n_unlabelled`, `scheme`, `output`, and `top`
-    (the first rows, as dicts) for display.
+    Returns a summary: `n_written`, `n_scored`, `n_unlabelled`, `scheme`, `output`, `outputs`,
+    `seconds` and `top` (the first rows, as dicts) for display. `fmt` is `csv`, `star` or `both`
+    (see `output_paths`). Under torchrun pass `dist` (`cryoal.distributed.init_distributed`): the
+    ranks share the scoring, rank 0 alone writes and returns the summary (None elsewhere), and the
+    files are byte-identical to one process's (with the same threads per process). `log` is an
+    optional `cryoal.logjson.EventLog` (start, progress, done events).
     """
+    import time
+
     from cryoal.checkpoint import check_model_matches_pool, load_model
     from cryoal.device import resolve_device, use_all_cpu_cores
+    from cryoal.distributed import DistContext, rank_device, run_on_all_ranks
+    from cryoal.export import write_selection_star
     from cryoal.io.atomic import check_output_dir
     from cryoal.io.pool import open_pool
     from cryoal.io.tables import write_csv
     from cryoal.scoring import get_scheme
 
+    t0 = time.perf_counter()
+    dist = dist or DistContext()
     get_scheme(scheme)  # fail on an unknown scheme before any heavy work
-    check_output_dir(out_csv)
-    dev = resolve_device(device)
+    paths = output_paths(out_csv, fmt)
+    for path in paths.values():
+        check_output_dir(path)
+    dev = rank_device(resolve_device(device), dist)
     if dev.type == "cpu":
         use_all_cpu_cores()
+    if log is not None:
+        log.emit("start", scheme=scheme, n=n, pool=str(pool_path), model=str(model_path),
+                 world_size=dist.world_size, device=str(dev), outputs=paths)
     model, meta = load_model(model_path, device=dev)
     with open_pool(pool_path) as pool:
         check_model_matches_pool(meta, pool)
         ranked = select_from_pool(
             pool, model, scheme=scheme, n=n, batch_size=batch_size, seed=seed,
-            pool_subset=pool_subset, norm=norm, mc_passes=mc_passes, progress=progress,
+            pool_subset=pool_subset, norm=norm, mc_passes=mc_passes, progress=progress, dist=dist,
+            samples=samples,
         )
-        columns = ranked_columns(pool, ranked, list(meta["class_names"]))
-    write_csv(out_csv, {c: columns[c] for c in CSV_COLUMNS})
-    top = [{c: columns[c][i] for c in CSV_COLUMNS} for i in range(min(5, len(columns["rank"])))]
-    return {
-        "scheme": scheme, "n_written": len(columns["rank"]), "n_scored": ranked.n_candidates,
-        "n_unlabelled": ranked.n_unlabelled, "output": str(out_csv), "top": top,
-    }
+        summary: dict[str, Any] | None = None
+
+        def write() -> None:  # rank 0 only; every rank learns if it failed
+            nonlocal summary
+            if ranked is None:
+                return
+            names = list(meta["class_names"])
+            columns = ranked_columns(pool, ranked, names)
+            warnings: list[str] = []
+            if "star" in paths:
+                warnings = write_selection_star(
+                    paths["star"], pool, ranked.indices, scheme=scheme, scores=columns["score"],
+                    predicted=ranked.predicted, confidence=columns["confidence"], class_names=names,
+                )
+            if "csv" in paths:
+                write_csv(paths["csv"], {c: columns[c] for c in CSV_COLUMNS})
+            top = [{c: columns[c][i] for c in CSV_COLUMNS} for i in range(min(5, len(columns["rank"])))]
+            summary = {
+                "scheme": scheme, "n_written": len(columns["rank"]), "n_scored": ranked.n_candidates,
+                "n_unlabelled": ranked.n_unlabelled, "output": str(out_csv), "outputs": paths,
+                "world_size": dist.world_size, "seconds": time.perf_counter() - t0, "warnings": warnings,
+                "top": top,
+            }
+
+        run_on_all_ranks(write, dist)
+    if summary is not None and log is not None:
+        log.emit("done", **{k: v for k, v in summary.items() if k != "top"})
+    return summary
 
 
-__all__ = ["CSV_COLUMNS", "Ranked", "candidate_indices", "rank_by_score", "ranked_columns",
-           "select_from_pool", "select_pool"]
+__all__ = ["CSV_COLUMNS", "FORMATS", "Ranked", "candidate_indices", "output_paths", "rank_by_score",
+           "ranked_columns", "select_from_pool", "select_pool"]

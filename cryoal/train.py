@@ -65,10 +65,29 @@ def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tupl
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
-    """(C, C) counts: rows are the true class, columns the predicted class."""
+    """(C, C) counts: rows are the true class, columns the predicted class. Targets may be dense
+    (masks: every pixel counts) and -1 (unlabelled) is left out."""
+    t = np.asarray(y_true, np.int64).ravel()
+    p = np.asarray(y_pred, np.int64).ravel()
+    keep = t >= 0
     cm = np.zeros((n_classes, n_classes), dtype=np.int64)
-    np.add.at(cm, (np.asarray(y_true, np.int64), np.asarray(y_pred, np.int64)), 1)
+    np.add.at(cm, (t[keep], p[keep]), 1)
     return cm
+
+
+def labelled_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """Share of labelled targets (samples, or pixels of masks) predicted right; NaN if none."""
+    t = np.asarray(y_true)
+    keep = t >= 0
+    return float((np.asarray(y_pred)[keep] == t[keep]).mean()) if keep.any() else float("nan")
+
+
+def mean_iou_of(cm: np.ndarray) -> float:
+    """Mean over classes of intersection / union (classes neither present nor predicted left out)."""
+    cm = np.asarray(cm, dtype=np.float64)
+    tp = np.diag(cm)
+    union = cm.sum(0) + cm.sum(1) - tp
+    return float((tp[union > 0] / union[union > 0]).mean()) if (union > 0).any() else float("nan")
 
 
 def per_class_accuracy(cm: np.ndarray) -> list[float | None]:
@@ -91,17 +110,20 @@ def _amp_settings(device: torch.device) -> tuple[torch.dtype | None, bool]:
     return torch.float16, True  # fp16 gradients underflow without loss scaling
 
 
-_BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+# every BatchNorm, including SyncBatchNorm and cryoal.ddp.GlobalBatchNorm under torchrun
+_BN_TYPES = (nn.modules.batchnorm._BatchNorm,)
 BN_RECALIBRATION_SAMPLES = 1024
 
 
 def recalibrate_batchnorm(model: nn.Module, x: np.ndarray, mode, device: torch.device, batch_size: int,
-                          amp_dtype: torch.dtype | None) -> None:
+                          amp_dtype: torch.dtype | None, dist=None) -> None:
     """Recompute BatchNorm running statistics as exact averages over `x` for the current weights.
 
     With a few hundred labels an epoch is only a handful of batches, and the default running
     averages (momentum 0.1) lag far behind weights that change quickly, so eval-mode predictions
     can collapse to one class while training accuracy is high. One no-grad pass fixes that.
+    Under torchrun (`dist`) each rank passes its share of every chunk and the global-batch
+    BatchNorm of `cryoal.ddp` gives the statistics of the whole chunk, as in one process.
     """
     bns = [mod for mod in model.modules() if isinstance(mod, _BN_TYPES)]
     if not bns:
@@ -118,6 +140,10 @@ def recalibrate_batchnorm(model: nn.Module, x: np.ndarray, mode, device: torch.d
             chunk = x[start : start + batch_size]
             if len(chunk) < 2 and start > 0:  # a lone sample adds nothing reliable to the variance
                 continue
+            if dist is not None and dist.distributed:
+                from cryoal.distributed import rank_slice
+
+                chunk = chunk[rank_slice(len(chunk), dist)]
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 model(mode.to_input(chunk).to(device))
     for bn, momentum in zip(bns, saved, strict=True):
@@ -136,7 +162,7 @@ def _evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, mode, device: torc
             yb = torch.as_tensor(y[start : start + batch_size], dtype=torch.long, device=device)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 logits = model(xb)
-            losses.append(mode.per_sample_loss(logits.float(), yb).cpu())
+            losses.append(mode.per_sample_loss(logits.float(), yb).cpu())  # dense targets: pixel means
             preds.append(logits.argmax(dim=1).cpu())
     return float(torch.cat(losses).mean()), torch.cat(preds).numpy()
 
@@ -162,6 +188,7 @@ def fit(
     init_model: nn.Module | None = None,
     arch_kwargs: dict | None = None,
     class_names: list[str] | None = None,
+    dist=None,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Train a classifier on in-memory arrays; returns (model with the best weights, in eval mode, metrics).
 
@@ -172,6 +199,9 @@ def fit(
     last weights are kept; the metrics are then measured on the training set.
     `init_model` (same arch) fine-tunes an existing model instead of starting from scratch.
     `progress(info)` is called with `{"event": "batch", ...}` and `{"event": "epoch", ...}` dicts.
+    Under torchrun pass `dist` (`cryoal.distributed.init_distributed`): every rank draws the same
+    global batches and augmentations, computes its contiguous share of each (DDP, BatchNorm over
+    the global batch, see `cryoal.ddp`), and every rank returns the same model and metrics.
     """
     m = get_mode(mode)
     arch = arch or m.default_arch
@@ -183,10 +213,16 @@ def fit(
         y_val = np.asarray(y_val, dtype=np.int64)
     if len(y_train) == 0:
         raise CryoalError("no training particles")
-    if epochs < 1 or batch_size < 1:
-        raise CryoalError("--epochs and --batch-size must be at least 1")
+    if epochs < 1:
+        raise CryoalError(f"--epochs {epochs}: must be at least 1")
+    if batch_size < 2:  # a lone sample makes BatchNorm's batch statistics degenerate
+        raise CryoalError(f"--batch-size {batch_size}: must be at least 2 (BatchNorm needs 2 per batch)")
 
+    from cryoal.distributed import DistContext, all_reduce_sum, rank_device, rank_slice
+
+    dist = dist or DistContext()
     dev = resolve_device(device) if not isinstance(device, torch.device) else device
+    dev = rank_device(dev, dist)
     threads = use_all_cpu_cores() if dev.type == "cpu" else None
     amp_dtype, use_scaler = _amp_settings(dev)
     seed_everything(seed)
@@ -197,12 +233,18 @@ def fit(
     else:
         model = m.build_model(arch, x_train.shape[1:], n_classes, **(arch_kwargs or {}))
     model.to(dev)
-    optimiser = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    net = model
+    if dist.distributed:  # swaps BatchNorm for its global-batch form: build the optimiser after
+        from cryoal.ddp import loss_for_global_mean, unwrap_trained, wrap_for_training
+
+        net = wrap_for_training(model, dist, dev)
+    optimiser = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=epochs, eta_min=lr * 0.01)
     scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
 
     n = len(y_train)
     n_batches = math.ceil(n / batch_size)
+    dense = y_train.ndim > 1  # per-pixel targets (segmentation masks)
     # BN statistics from a fixed random subset: exact enough, and bounded cost for big label sets
     recal_idx = np.sort(torch.randperm(n, generator=gen)[:BN_RECALIBRATION_SAMPLES].numpy())
     history: list[dict[str, Any]] = []
@@ -212,41 +254,60 @@ def fit(
     t_start = time.perf_counter()
     for epoch in range(1, epochs + 1):
         t0 = time.perf_counter()
-        model.train()
+        net.train()
         perm = torch.randperm(n, generator=gen).numpy()
-        total_loss, total_correct, seen = 0.0, 0, 0
+        total_loss, total_correct, seen, total_targets = 0.0, 0, 0, 0
         for b in range(n_batches):
             idx = perm[b * batch_size : (b + 1) * batch_size]
             if len(idx) == 1 and n > 1:  # a lone sample makes BatchNorm statistics degenerate
                 continue
             xb = m.to_input(x_train[idx])
+            yb = torch.as_tensor(y_train[idx])
             if augment:
-                xb = m.augment(xb, gen)
+                xb, yb = m.augment_batch(xb, yb, gen)
             xb = xb.to(dev, non_blocking=True)
-            yb = torch.as_tensor(y_train[idx], device=dev)
+            yb = yb.to(dev)
+            if dist.distributed:  # this rank's share of the global batch, augmented as one process would
+                part = rank_slice(len(idx), dist)
+                xb, yb = xb[part], yb[part]
             with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                logits = model(xb)
-            loss = m.per_sample_loss(logits.float(), yb).mean()
+                logits = net(xb)
+            per_sample = m.per_sample_loss(logits.float(), yb)
+            if dist.distributed:
+                loss = loss_for_global_mean(per_sample, len(idx), dist)
+            else:
+                loss = per_sample.mean()
             optimiser.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
             scaler.step(optimiser)
             scaler.update()
-            total_loss += float(loss.detach()) * len(idx)
-            seen += len(idx)
-            total_correct += int((logits.argmax(1) == yb).sum())
+            if dist.distributed:
+                total_loss += float(per_sample.detach().sum())
+                seen += len(yb)
+            else:
+                total_loss += float(loss.detach()) * len(idx)
+                seen += len(idx)
+            total_correct += int(((logits.argmax(1) == yb) & (yb >= 0)).sum())
+            total_targets += int((yb >= 0).sum())  # samples, or labelled pixels of masks
             if progress:
                 progress({"event": "batch", "epoch": epoch, "batch": b + 1, "n_batches": n_batches})
         scheduler.step()
+        if dist.distributed:  # epoch totals over every rank's share
+            sums = all_reduce_sum([total_loss, total_correct, seen, total_targets], dist)
+            total_loss, (total_correct, seen, total_targets) = sums[0], (int(v) for v in sums[1:])
         record: dict[str, Any] = {
-            "epoch": epoch, "train_loss": total_loss / seen, "train_accuracy": total_correct / seen,
+            "epoch": epoch, "train_loss": total_loss / seen,
+            "train_accuracy": total_correct / max(total_targets, 1),
             "lr": optimiser.param_groups[0]["lr"],
         }
         if has_val or epoch == epochs:
-            recalibrate_batchnorm(model, x_train[recal_idx], m, dev, batch_size, amp_dtype)
+            recalibrate_batchnorm(model, x_train[recal_idx], m, dev, batch_size, amp_dtype, dist)
         if has_val:
             val_loss, val_pred = _evaluate(model, x_val, y_val, m, dev, max(batch_size, 32), amp_dtype)
-            val_acc = float((val_pred == y_val).mean())
+            val_acc = labelled_accuracy(y_val, val_pred)
             record.update(val_loss=val_loss, val_accuracy=val_acc)
+            if dense:  # masks: keep the best mean IoU (pixel accuracy favours all-background)
+                val_acc = record["val_mean_iou"] = mean_iou_of(confusion_matrix(y_val, val_pred, n_classes))
             improved = val_acc > best["acc"] or (val_acc == best["acc"] and val_loss < best["loss"])
             if improved:
                 state = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -263,6 +324,8 @@ def fit(
             stopped_early = True
             break
 
+    if dist.distributed:
+        model = unwrap_trained(net)
     if has_val and best["state"] is not None:
         model.load_state_dict(best["state"])
     model.eval()
@@ -271,12 +334,13 @@ def fit(
     eval_loss, eval_pred = _evaluate(model, x_eval, y_eval, m, dev, max(batch_size, 32), amp_dtype)
     cm = confusion_matrix(y_eval, eval_pred, n_classes)
     names = list(class_names) if class_names else [str(i) for i in range(n_classes)]
+    eval_acc = labelled_accuracy(y_eval, eval_pred)
     metrics: dict[str, Any] = {
         "arch": arch,
         "evaluated_on": "validation" if has_val else "training",
-        "accuracy": float((eval_pred == y_eval).mean()),
+        "accuracy": eval_acc,
         "loss": eval_loss,
-        "val_accuracy": float((eval_pred == y_eval).mean()) if has_val else None,
+        "val_accuracy": eval_acc if has_val else None,
         "best_epoch": best["epoch"] if has_val else len(history),
         "epochs_run": len(history),
         "stopped_early": stopped_early,
@@ -285,18 +349,26 @@ def fit(
         "confusion_matrix": cm.tolist(),
         "n_train": int(n),
         "n_val": int(len(y_val)) if has_val else 0,
-        "n_train_per_class": np.bincount(y_train, minlength=n_classes).tolist(),
-        "n_val_per_class": np.bincount(y_val, minlength=n_classes).tolist() if has_val else [0] * n_classes,
+        # per class: samples, or labelled pixels for masks
+        "n_train_per_class": _class_counts(y_train, n_classes),
+        "n_val_per_class": _class_counts(y_val, n_classes) if has_val else [0] * n_classes,
         "seconds": time.perf_counter() - t_start,
         "seconds_per_epoch": float(np.mean([h["seconds"] for h in history])),
         "device": str(dev),
         "amp": str(amp_dtype).replace("torch.", "") if amp_dtype is not None else None,
         "cpu_threads": threads,
+        "world_size": dist.world_size,
         "history": history,
+        "mean_iou": mean_iou_of(cm) if dense else None,
         "settings": {"epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
                      "patience": patience, "seed": seed, "augment": augment},
     }
     return model, metrics
+
+
+def _class_counts(y: np.ndarray, n_classes: int) -> list[int]:
+    y = np.asarray(y, np.int64).ravel()
+    return np.bincount(y[y >= 0], minlength=n_classes)[:n_classes].tolist()
 
 
 # ------------------------------------------------------------------------------------------
@@ -304,9 +376,14 @@ def fit(
 # ------------------------------------------------------------------------------------------
 
 
-def labelled_split(pool, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def labelled_split(pool, val_fraction: float, seed: int, present: np.ndarray | None = None) -> tuple[
+    np.ndarray, np.ndarray, list[str]
+]:
     """(train indices, val indices, class names) of a pool's labelled particles, with the bad-input
-    checks that `cryoal train` reports: no labels, a single class, too few labels to validate."""
+    checks that `cryoal train` reports: no labels, a single class, too few labels to validate.
+
+    `present`: the classes the training targets hold (for masks: the pixel classes), if not the
+    labels themselves."""
     labels = pool.labels
     labelled = np.flatnonzero(labels >= 0)
     names = list(pool.class_names)
@@ -316,7 +393,8 @@ def labelled_split(pool, val_fraction: float, seed: int) -> tuple[np.ndarray, np
         raise CryoalError(
             f"{pool.path}: no labelled particles; import labels first (cryoal label {pool.path} labels.csv)"
         )
-    present = np.unique(labels[labelled])
+    if present is None:
+        present = np.unique(labels[labelled])
     if present.size < 2:
         raise CryoalError(
             f"{pool.path}: needs at least 2 classes with labels, found only '{names[present[0]]}' "
@@ -349,10 +427,13 @@ def train_from_pool(
     seed = int(fit_kwargs.get("seed", DEFAULTS["seed"]))
     with open_pool(pool_path) as pool:
         mode = get_mode(pool.mode)
-        train_idx, val_idx, names = labelled_split(pool, val_fraction, seed)
-        labels = pool.labels
-        x_train, y_train = pool.read(train_idx), labels[train_idx]
-        x_val, y_val = pool.read(val_idx), labels[val_idx]
+        present = None
+        if mode.targets is not None:  # dense targets: the classes that pixels of the masks hold
+            targets = mode.read_targets(pool, np.flatnonzero(pool.labels >= 0))
+            present = np.unique(targets[targets >= 0])
+        train_idx, val_idx, names = labelled_split(pool, val_fraction, seed, present)
+        x_train, y_train = pool.read(train_idx), mode.read_targets(pool, train_idx)
+        x_val, y_val = pool.read(val_idx), mode.read_targets(pool, val_idx)
         meta_base = {
             "mode": pool.mode, "class_names": names, "input_shape": list(pool.shape), "box": pool.box,
             "voxel_size": pool.voxel_size, "pool": str(Path(pool_path)),

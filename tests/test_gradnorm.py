@@ -17,6 +17,16 @@ from cryoal.scoring.reference import reference_scores, reference_scores_by_norm
 RTOL = 1e-4
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny tensors gain nothing from threads, and on a shared CPU OpenMP spin-waits cost a lot
+    (measured: the reference loop on 8^3 inputs ran 10x slower with 2 threads on a busy machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _randomise_bn(model: nn.Module, gen: torch.Generator) -> nn.Module:
     """Give every BatchNorm non-trivial statistics and affine parameters (as after training)."""
     for m in model.modules():
@@ -191,14 +201,17 @@ def test_entropy_alone_uses_one_seed_and_matches(name):
     _assert_close(res.scores, ref)
 
 
-@pytest.mark.parametrize("arch,kw", [("dsrf3d", {"width": 4, "fc": 16}), ("rb3d", {"width": 8}),
-                                     ("resnet3d", {"width": 4})])
-def test_registry_models_match_reference(arch, kw):
+@pytest.mark.parametrize("arch,kw,box", [("dsrf3d", {"width": 4, "fc": 16}, 12), ("rb3d", {"width": 8}, 12),
+                                         ("resnet3d", {"width": 4}, 12),
+                                         ("dsrf3d", {}, 8), ("rb3d", {}, 8), ("resnet3d", {}, 8)])
+def test_registry_models_match_reference(arch, kw, box):
+    """The real registry models (default widths at the smallest box they take, and slimmed ones
+    at 12^3, where the engine picks other per-layer plans) against the loop, both norms."""
     from cryoal.models import build_model
 
     torch.manual_seed(0)
-    model = _randomise_bn(build_model(arch, (12, 12, 12), 4, **kw), torch.Generator().manual_seed(3))
-    x = _batch(3, box=12)
+    model = _randomise_bn(build_model(arch, (box,) * 3, 4, **kw), torch.Generator().manual_seed(3))
+    x = _batch(3, box=box)
     for norm, ref in reference_scores_by_norm(model, x).items():
         _assert_close(gradnorm_scores(model, x, norm=norm).scores, ref)
 
@@ -230,13 +243,36 @@ def test_small_blocks_give_the_same_scores(monkeypatch):
         np.testing.assert_allclose(blocked[k], full[k], rtol=1e-6)
 
 
-def test_one_forward_for_the_whole_batch():
-    """No loop over samples: the model runs once for a batch of 6 (plus nothing per sample)."""
+def test_batched_forwards_only():
+    """No loop over samples: on CPU one forward for the first chunk of 2 (which measures the
+    activations) and one for the other 4 (small activations: they fit one chunk)."""
     model, x = _make("batchnorm"), _batch(6)
     calls = []
     model.register_forward_pre_hook(lambda m, a: calls.append(a[0].shape[0]))
     gradnorm_scores(model, x)
-    assert calls == [6]
+    assert calls == [2, 4]
+
+
+def test_cpu_chunks_give_the_same_scores(monkeypatch):
+    """On CPU the engine scores in cache-sized chunks (>= 2 samples each): same scores, one forward
+    per chunk, never one per sample."""
+    import cryoal.scoring.gradnorm as gn
+
+    model, x = _make("batchnorm"), _batch(7)
+    with gn.largest_conv_output(model) as sizes, torch.no_grad():
+        model.eval()(x[:1])
+    assert max(sizes) == 4 * 8**3  # the first conv's output: 4 channels on the 8^3 grid
+    assert gn.chunk_size(max(sizes)) >= 7
+    calls = []
+    hook = model.register_forward_pre_hook(lambda m, a: calls.append(a[0].shape[0]))
+    full = gradnorm_scores(model, x, norm="tensor-sum")
+    monkeypatch.setattr(gn, "CPU_CHUNK_BYTES", 4 * 3 * 4 * 8**3)  # 3 samples' first-conv output
+    chunked = gradnorm_scores(model, x, norm="tensor-sum")
+    hook.remove()
+    assert calls == [2, 5, 2, 3, 2]  # first chunk of 2 measures, then the rest in chunks
+    for k in full.scores:
+        np.testing.assert_allclose(chunked.scores[k], full.scores[k], rtol=1e-5)
+    np.testing.assert_allclose(chunked.probs, full.probs, rtol=1e-6)
 
 
 def test_model_mode_and_grads_are_left_alone():

@@ -242,7 +242,8 @@ def test_image_mode(tmp_path):
         assert list(p.particle_ids)[:2] == ["FoilHole_1234_Data_5678", "TS_01#1"]
         want = ref_zscore(fei.expected[0][48 // 2 - 16 : 48 // 2 + 16, 64 // 2 - 16 : 64 // 2 + 16])
         np.testing.assert_allclose(p.read([0])[0], want, atol=3e-5)
-    assert_one_error(run(fei.path, "-o", tmp_path / "s.h5", "--mode", "segmentation"), "segmentation")
+    assert_one_error(run(fei.path, "-o", tmp_path / "s.h5", "--mode", "volumes"), "--mode volumes")
+    assert not (tmp_path / "s.h5").exists()
 
 
 # ------------------------------------------------------------------------------------------
@@ -366,6 +367,37 @@ def test_manifest_naming_missing_files(tmp_path):
     assert "gone.mrc" in res.stderr
     with open_pool(tmp_path / "p.h5") as p:
         assert list(p.particle_ids) == ["p000", "p001"]
+
+
+def test_manifest_naming_missing_files_leaves_existing_pool_unchanged(tmp_path):
+    write_vols(tmp_path / "d", 2)
+    pool = tmp_path / "pool.h5"
+    assert run(tmp_path / "d" / "p000.mrc", "-o", pool).exit_code == 0
+    before = digest(pool)
+    man = tmp_path / "more.csv"
+    man.write_text("path,particle_id\nd/p001.mrc,q1\nd/missing.mrc,q2\n")
+    assert_one_error(run(man, "-o", pool, "--append"), "more.csv, row 2", "missing.mrc")
+    assert digest(pool) == before and no_temp(tmp_path)
+
+
+def test_append_to_a_bad_pool_changes_nothing(tmp_path):
+    import h5py
+
+    write_vols(tmp_path / "d", 2)
+    pool = tmp_path / "pool.h5"
+    assert run(tmp_path / "d" / "p000.mrc", "-o", pool).exit_code == 0
+    with h5py.File(pool, "r+") as h5:  # a pool written by another cryoal format version
+        h5.attrs["format_version"] = 2
+    before = digest(pool)
+    assert_one_error(run(tmp_path / "d" / "p001.mrc", "-o", pool, "--append"), str(pool),
+                     "pool format version 2; this cryoal reads version 1")
+    assert digest(pool) == before and no_temp(tmp_path)
+    text = tmp_path / "notes.h5"
+    text.write_text("not a pool\n")
+    assert_one_error(run(tmp_path / "d", "-o", text, "--append"), str(text), "not an HDF5 pool file")
+    assert text.read_text() == "not a pool\n"
+    assert_one_error(run(tmp_path / "d", "-o", tmp_path / "none.h5", "--append"), "none.h5", "not found")
+    assert not (tmp_path / "none.h5").exists()
 
 
 def test_bad_manifests(tmp_path):
@@ -515,6 +547,30 @@ def test_zscore_matches_float64_reference():
     out = np.empty((4, 4, 4), np.float32)
     vol = rng.standard_normal((4, 4, 4))
     assert zscore(vol, out=out) is out
+
+
+def test_zscore_matches_naive_formula_on_random_volumes():
+    """Many shapes, offsets and scales, contiguous or cropped views: the naive float64 formula
+    (x - mean) / std within float32 rounding."""
+    from cryoal.preprocess import zscore
+
+    rng = np.random.default_rng(11)
+    for k in range(40):
+        shape = tuple(int(n) for n in rng.integers(2, 20, size=3))
+        vol = (rng.standard_normal(shape) * 10.0 ** rng.uniform(-3, 3) + rng.uniform(-1e3, 1e3))
+        vol = vol.astype(np.float32)
+        if k % 3 == 0:
+            vol = vol[:, 1:, ::2] if min(shape[1:]) > 3 else vol  # a strided view, as a crop gives
+        got = zscore(vol, f"v{k}")
+        v = vol.astype(np.float64)
+        naive = np.empty(v.shape)
+        n = v.size
+        mean = sum(float(x) for x in v.ravel()) / n  # per-voxel loop, no numpy reductions
+        std = math.sqrt(sum((float(x) - mean) ** 2 for x in v.ravel()) / n)
+        naive[...] = (v - mean) / std
+        np.testing.assert_allclose(got, naive, rtol=0, atol=5e-6)
+        assert abs(float(got.astype(np.float64).mean())) < 1e-5
+        assert float(got.astype(np.float64).std()) == pytest.approx(1.0, abs=1e-5)
 
 
 def test_zscore_refuses_constant_and_non_finite():

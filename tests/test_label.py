@@ -199,3 +199,16 @@ def test_resolve_labels_rules():
         resolve_labels(["0"], ["a"], add_classes=False, where="x")
     idx, names = resolve_labels(["z", "y", "z"], [], add_classes=False, where="x")
     assert names == ["y", "z"] and list(idx) == [1, 0, 1]
+
+
+def test_pool_api_module_sets_labels(tmp_path):
+    """`cryoal.pool` is the scripts' API: open, append, read batches and set labels."""
+    import cryoal.pool as api
+
+    pool = make_pool(tmp_path / "pool.h5")
+    summary = api.set_labels(pool, ["p2", "p5"], ["empty", "1"])
+    assert summary.n_set == 2 and summary.round == 0 and summary.per_class == {"ribosome": 1, "empty": 1}
+    with api.open_pool(pool) as p:
+        assert list(p.labels) == [-1, -1, 2, -1, -1, 0, -1, -1]
+        batches = list(p.iter_batches(3))
+        assert [len(i) for i, _ in batches] == [3, 3, 2]

@@ -110,3 +110,43 @@ def test_killed_writer_releases_the_lock_and_leaves_the_pool_intact(tmp_path):
     assert res.returncode == 0, res.stderr
     with open_pool(pool) as p:
         assert p.labels[0] == 0
+
+
+def _model(path: Path, box: int = 8) -> None:
+    import torch
+
+    from cryoal.checkpoint import save_checkpoint
+    from cryoal.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("resnet3d", (box,) * 3, 2, width=4)
+    save_checkpoint(path, model, {"mode": "subtomogram", "class_names": ["a", "b"], "input_shape": [box] * 3})
+
+
+def test_select_killed_midway_leaves_no_partial_output(tmp_path):
+    """SIGKILL while scoring (seen in the --log-json progress events): no CSV, no STAR, no temp file;
+    Ctrl-C (SIGINT) likewise, with exit code 130."""
+    pool = tmp_path / "pool.h5"
+    _make_pool(pool, n=600)
+    _model(tmp_path / "model.pt")
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    for sig, code in ((signal.SIGKILL, -signal.SIGKILL), (signal.SIGINT, 130)):
+        log = tmp_path / f"log-{sig}.jsonl"
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "cryoal", "select", str(pool), "-m", str(tmp_path / "model.pt"),
+             "--scheme", "expected", "-n", "0", "--batch-size", "2", "--device", "cpu", "--format", "both",
+             "-o", str(out_dir / "sel.csv"), "--log-json", str(log)],
+            env={**_env(), "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        deadline = time.monotonic() + 120
+        while not (log.exists() and '"event":"progress"' in log.read_text()):
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "select did not start scoring"
+            time.sleep(0.05)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == code, err[-2000:]
+        assert list(out_dir.iterdir()) == []  # nothing written, not even a temporary file
+        if sig == signal.SIGINT:
+            assert "interrupted" in err and "Traceback" not in err

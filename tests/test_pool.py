@@ -236,3 +236,34 @@ def test_compression_choices_store_the_same_values(tmp_path):
         with open_pool(path) as p:
             np.testing.assert_array_equal(p.read([0, 1, 2]), vols)
             assert p.h5["volumes"].compression == comp
+
+
+def test_read_any_indices_matches_one_at_a_time(tmp_path):
+    """Runs of consecutive rows, gaps, repeats and any order: the same as reading row by row."""
+    path = tmp_path / "pool.h5"
+    vols = _vols(40, seed=3)
+    with PoolWriter(path, shape=vols.shape[1:]) as w:
+        w.add(vols, [f"p{i}" for i in range(40)], ["s"] * 40)
+    rng = np.random.default_rng(4)
+    with open_pool(path) as p:
+        assert p.h5["volumes"].compression is None and p.h5["volumes"].chunks == (1, 6, 6, 6)
+        cases = [[5], [0, 39], [3, 4, 5, 9, 10, 20], [39, 38, 2, 2, 3], list(range(40)),
+                 *(rng.choice(40, size=k, replace=k > 30).tolist() for k in (7, 19, 35))]
+        for idx in cases:
+            want = np.stack([np.asarray(p.h5["volumes"][i]) for i in idx])
+            np.testing.assert_array_equal(p.read(idx), want)
+            np.testing.assert_array_equal(p.read(np.asarray(idx)), vols[idx])
+        with pytest.raises(IndexError):
+            p.read([0, 40])
+
+
+def test_several_particles_per_chunk_read_the_same(tmp_path):
+    vols = _vols(10, seed=5)
+    path = tmp_path / "c4.h5"
+    with PoolWriter(path, shape=vols.shape[1:], chunk_particles=4) as w:
+        w.add(vols[:7], [f"p{i}" for i in range(7)], ["s"] * 7)
+        w.add(vols[7:], [f"p{i}" for i in range(7, 10)], ["s"] * 3)
+    with open_pool(path) as p:
+        assert p.h5["volumes"].chunks == (4, 6, 6, 6)
+        np.testing.assert_array_equal(p.read([9, 0, 4, 5]), vols[[9, 0, 4, 5]])
+        np.testing.assert_array_equal(np.concatenate([v for _, v in p.iter_batches(3)]), vols)

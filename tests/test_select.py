@@ -137,6 +137,19 @@ def test_select_scores_equal_cryoal_score(env, tmp_path, scheme):
         assert got[IDS[i]] == pytest.approx(w, rel=1e-5, abs=1e-12)
 
 
+def test_tensor_sum_norm(env, tmp_path):
+    """--norm tensor-sum writes the per-tensor-sum scores, which differ from the global L2 norm."""
+    _, rows = select(env, tmp_path, "--norm", "tensor-sum", scheme="expected", n=0)
+    vols, _, labels = _pool_arrays(env)
+    unl = np.flatnonzero(labels < 0)
+    got = {r["particle_id"]: float(r["score"]) for r in rows}
+    want = cryoal.score(env[1], vols[unl], "expected", norm="tensor-sum")
+    l2 = cryoal.score(env[1], vols[unl], "expected")
+    assert np.all(want > l2)  # a sum of per-tensor norms exceeds their root-sum-square
+    for i, w in zip(unl, want, strict=True):
+        assert got[IDS[i]] == pytest.approx(w, rel=1e-5)
+
+
 def test_ties_break_by_particle_id(env, tmp_path):
     _, rows = select(env, tmp_path, scheme="max-entropy", n=0)
     ids = [r["particle_id"] for r in rows]

@@ -129,3 +129,34 @@ def test_round_trip_simulate_ingest_label_status(tmp_path):
     assert info["total"] == 15 and info["labelled"] == 6 and info["unlabelled"] == 9
     assert info["per_class"] == {name: 2 for name in by_class}
     assert info["n_source_files"] == 15 and info["n_tomograms"] >= 1 and info["voxel_size"] == 10.0
+
+
+def test_bundled_sample_data_ingest_label_status(tmp_path):
+    """The README demo's first three commands on sample_data/, checking values."""
+    root = Path(__file__).resolve().parents[1] / "sample_data"
+    pool = tmp_path / "pool.h5"
+    res = cli("ingest", root / "particles.star", "-o", pool)
+    assert res.exit_code == 0, res.output
+    res = cli("label", pool, root / "seed_labels.csv")
+    assert res.exit_code == 0, res.output
+    res = cli("status", pool, "--json")
+    assert res.exit_code == 0, res.output
+    info = json.loads(res.stdout)
+    truth = {r["particle_id"]: r["label"] for r in _csv(root / "truth.csv")}
+    seed = {r["particle_id"]: r["label"] for r in _csv(root / "seed_labels.csv")}
+    assert info["total"] == len(truth) and info["labelled"] == len(seed)
+    assert info["unlabelled"] == len(truth) - len(seed)
+    want = {}
+    for lab in seed.values():
+        want[lab] = want.get(lab, 0) + 1
+    assert info["per_class"] == want and info["voxel_size"] == 10.0
+    assert info["label_rounds"] == {"0": len(seed)}
+    with open_pool(pool) as p:
+        assert sorted(p.particle_ids) == sorted(truth)
+        for pid, k in zip(p.particle_ids, p.labels, strict=True):
+            assert (p.class_names[k] if k >= 0 else None) == seed.get(pid)
+            if pid in seed:
+                assert seed[pid] == truth[pid]
+        for i in (0, len(p) - 1):
+            raw = mrcfile.read(p.sources[i]).astype(np.float64)
+            np.testing.assert_allclose(p.read([i])[0], (raw - raw.mean()) / raw.std(), atol=2e-5)

@@ -322,3 +322,45 @@ def test_cli_one_label_per_class_trains_with_val_fraction_zero(tmp_path) -> None
     r = run(pool, "-o", tmp_path / "m.pt", "--epochs", "1", "--val-fraction", "0", "--json")
     assert r.exit_code == 0, r.stderr
     assert json.loads(r.stdout)["n_train"] == 2
+
+
+# -- devices, mixed precision, batch size ---------------------------------------------------------
+
+
+def test_resolve_device_and_amp_settings(monkeypatch) -> None:
+    from cryoal.device import resolve_device
+
+    want = "cuda" if torch.cuda.is_available() else "cpu"
+    assert resolve_device("auto").type == want and resolve_device("CPU") == torch.device("cpu")
+    assert train_mod._amp_settings(torch.device("cpu")) == (None, False)  # CPU trains in float32
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert train_mod._amp_settings(torch.device("cuda")) == (torch.bfloat16, False)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert train_mod._amp_settings(torch.device("cuda")) == (torch.float16, True)  # fp16 needs a GradScaler
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == torch.device("cpu")
+    with pytest.raises(CryoalError, match="CUDA is not available"):
+        resolve_device("cuda")
+
+
+def test_mixed_precision_path_trains(monkeypatch) -> None:
+    """The autocast branch of `fit` (what CUDA runs) end to end, here with CPU bfloat16 autocast:
+    training, BatchNorm recalibration and evaluation under autocast give float32 metrics."""
+    monkeypatch.setattr(train_mod, "_amp_settings", lambda dev: (torch.bfloat16, False))
+    x, y = blobs(16, box=8, seed=0)
+    xv, yv = blobs(8, box=8, seed=1)
+    model, metrics = fit(x, y, xv, yv, arch="rb3d", n_classes=2, epochs=2, batch_size=8, seed=0,
+                         device="cpu", arch_kwargs={"width": 8})
+    assert metrics["amp"] == "bfloat16" and metrics["epochs_run"] == 2
+    assert all(np.isfinite(h["train_loss"]) and np.isfinite(h["val_loss"]) for h in metrics["history"])
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # autocast leaves weights float32
+
+
+def test_batch_size_below_two_is_refused(tmp_path) -> None:
+    x, y = blobs(8, box=8)
+    with pytest.raises(CryoalError, match="--batch-size 1: must be at least 2"):
+        fit(x, y, None, None, arch="rb3d", n_classes=2, epochs=1, batch_size=1, device="cpu")
+    pool = tmp_path / "pool.h5"
+    make_pool(pool, [0, 1] * 4)
+    r = run(pool, "-o", tmp_path / "m.pt", "--batch-size", "1")
+    assert r.exit_code == 2 and not (tmp_path / "m.pt").exists()  # a usage error, caught by the parser

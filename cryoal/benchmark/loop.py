@@ -63,11 +63,12 @@ class BenchmarkConfig:
     mc_passes: int = 20
     norm: str = "l2"
     score_batch_size: int = 64
+    augment: bool = True  # the mode's training augmentation (off for data without those symmetries)
 
     # options that change results: a resumed run must use the same values
     RESULT_KEYS = (
         "initial", "budget", "test_fraction", "val_fraction", "epochs", "batch_size", "arch", "width", "lr",
-        "weight_decay", "patience", "warm_start", "warm_epochs", "mc_passes", "norm",
+        "weight_decay", "patience", "warm_start", "warm_epochs", "mc_passes", "norm", "augment",
     )
 
     def to_dict(self) -> dict:
@@ -87,8 +88,9 @@ class BenchmarkData:
     """The pool (read only) with the oracle's truth, aligned to pool rows."""
 
     pool: Pool
-    truth: np.ndarray  # (N,) class index per pool row
+    truth: np.ndarray  # (N,) class index per pool row (segmentation: the strata, `cryoal.masks.mask_labels`)
     class_names: list[str]
+    targets: np.ndarray | None = None  # segmentation: the true masks (N, *shape), what is trained and scored
     workdir: Path = field(default_factory=Path)  # scratch files of the steps (OUT_DIR/state)
     scratch: dict = field(default_factory=dict, repr=False)  # what the steps cache between calls
     _volumes: np.ndarray | None = field(default=None, repr=False)

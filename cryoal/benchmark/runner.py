@@ -72,17 +72,30 @@ def check_resumable(out: Path, config: BenchmarkConfig, pool: Path, truth: Path)
 
 
 def run_cli(pool_path: Path, truth_path: Path, out: Path, console, *, resume: bool, arch: str | None,
-            steps: Steps | None = None, **options) -> None:
-    """Run the whole benchmark command (options as in `BenchmarkConfig`)."""
+            steps: Steps | None = None, event_log=None, **options) -> None:
+    """Run the whole benchmark command (options as in `BenchmarkConfig`).
+
+    `event_log` (a `cryoal.logjson.EventLog`, `--log-json`) gets `start`, `message` (each line of
+    the log), `progress` (after each cycle), `cycle` (each learning-curve point) and `done`
+    (AUBC summary and timings) events.
+    """
+    import time
+
+    from cryoal.logjson import EventLog
+
+    event_log = event_log or EventLog(None)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from cryoal.models import DEFAULT_ARCH
+    from cryoal.modes import get_mode
 
-    config = BenchmarkConfig(arch=arch or DEFAULT_ARCH, **options)
+    with open_pool(pool_path) as pool:  # the pool's mode supplies the default architecture
+        mode = get_mode(pool.mode)
+    config = BenchmarkConfig(arch=arch or mode.default_arch, **options)
     history = check_resumable(out, config, pool_path, truth_path) if resume else []
     with open_pool(pool_path) as pool:
-        if pool.mode != "subtomogram":
-            raise CryoalError(f"{pool_path}: benchmark needs a subtomogram pool, this one is {pool.mode}")
+        if arch is not None and arch not in mode.archs:
+            raise CryoalError(f"--arch {arch}: not a {mode.name} architecture; choose one of "
+                              f"{', '.join(mode.archs)}")
         data = load_truth(pool, truth_path)
         make_split(data.truth, 0, config)  # bad sizes fail here, before OUT is touched
         out.mkdir(exist_ok=True)
@@ -92,6 +105,7 @@ def run_cli(pool_path: Path, truth_path: Path, out: Path, console, *, resume: bo
             "pool": str(pool_path.resolve()),
             "truth": str(truth_path.resolve()),
             "n_particles": int(data.truth.size),
+            "metric": "mean_iou" if data.targets is not None else "accuracy",  # the curves' accuracy column
             "class_names": data.class_names,
             "options": config.to_dict(),
             "versions": versions(),
@@ -102,6 +116,20 @@ def run_cli(pool_path: Path, truth_path: Path, out: Path, console, *, resume: bo
         write_json(out / RUN_JSON, record)
         timings = Timings()
         total = config.seeds * len(config.schemes) * config.cycles
+        event_log.emit("start", pool=record["pool"], out=str(out), n_particles=record["n_particles"],
+                       options=record["options"], total_cycles=total)
+        t_start = time.perf_counter()
+        done_cycles = [0]
+
+        def on_message(msg: str) -> None:
+            bar.console.log(msg)
+            event_log.emit("message", message=msg)
+
+        def on_advance() -> None:
+            bar.advance(task)
+            done_cycles[0] += 1
+            event_log.emit("progress", done=done_cycles[0], total=total,
+                           seconds=round(time.perf_counter() - t_start, 3))
         with Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
             console=console, transient=False,
@@ -116,7 +144,7 @@ def run_cli(pool_path: Path, truth_path: Path, out: Path, console, *, resume: bo
                 bar.update(task, completed=done)
             rows = run_benchmark(
                 data, config, out, resume=resume, steps=steps, timings=timings,
-                log=lambda msg: bar.console.log(msg), advance=lambda: bar.advance(task),
+                log=on_message, advance=on_advance,
             )
     # a resumed run may have asked for fewer schemes/seeds/cycles than the files hold: report these
     rows = [r for r in rows
@@ -132,6 +160,11 @@ def run_cli(pool_path: Path, truth_path: Path, out: Path, console, *, resume: bo
                     "select": {k: round(v, 2) for k, v in timings.select.items()}},
     })
     write_json(out / RUN_JSON, record)
+    for r in rows:
+        event_log.emit("cycle", scheme=r.scheme, seed=r.seed, cycle=r.cycle, n_labeled=r.n_labeled,
+                       accuracy=r.accuracy, macro_f1=r.macro_f1)
+    event_log.emit("done", out=str(out), summary=record["summary"], seconds=record["seconds"])
     from rich.console import Console
 
-    Console().print(summary_table(summary, title=f"AL benchmark: AUBC and final test accuracy ({out})"))
+    metric = "mean IoU" if data.targets is not None else "accuracy"  # segmentation: mIoU in its place
+    Console().print(summary_table(summary, title=f"AL benchmark: AUBC and final test {metric} ({out})"))

@@ -25,13 +25,14 @@ def train_model(data: BenchmarkData, labelled: np.ndarray, config: BenchmarkConf
     the same randomness and differs only by its labelled set. `build_only` returns an untrained
     model of the right shape (to load saved weights into).
     """
-    from cryoal.models import build_model
+    from cryoal.modes import get_mode
     from cryoal.train import fit, stratified_split
 
+    mode = get_mode(data.pool.mode)
     if build_only:
         from cryoal.device import resolve_device
 
-        model = build_model(config.arch, data.pool.shape, data.n_classes, **config.arch_kwargs)
+        model = mode.build_model(config.arch, data.pool.shape, data.n_classes, **config.arch_kwargs)
         return model.to(resolve_device(config.device)).eval()
     labelled = np.asarray(labelled, dtype=np.int64)
     y = data.truth[labelled]
@@ -39,9 +40,11 @@ def train_model(data: BenchmarkData, labelled: np.ndarray, config: BenchmarkConf
         y, config.val_fraction, splits.torch_seed_for(seed, splits.VALIDATION, cycle)
     )
     x = data.read(labelled)
+    if data.targets is not None:  # segmentation: train on the true masks (the strata split them)
+        y = data.targets[labelled]
     epochs = config.warm_epochs if init_model is not None and config.warm_epochs else config.epochs
     model, _ = fit(
-        x[pos_train], y[pos_train], x[pos_val], y[pos_val],
+        x[pos_train], y[pos_train], x[pos_val], y[pos_val], mode=mode.name,
         arch=config.arch, n_classes=data.n_classes, batch_size=config.batch_size,
         epochs=epochs,
         lr=config.lr, weight_decay=config.weight_decay,
@@ -49,6 +52,7 @@ def train_model(data: BenchmarkData, labelled: np.ndarray, config: BenchmarkConf
         patience=config.patience if config.patience > 0 else epochs,
         seed=splits.torch_seed_for(seed, splits.TRAINING, cycle), device=config.device,
         init_model=init_model, class_names=data.class_names, arch_kwargs=config.arch_kwargs,
+        augment=config.augment,
     )
     return model
 
@@ -56,7 +60,8 @@ def train_model(data: BenchmarkData, labelled: np.ndarray, config: BenchmarkConf
 def evaluate_model(
     model, data: BenchmarkData, test: np.ndarray, config: BenchmarkConfig
 ) -> tuple[float, float]:
-    """(accuracy, macro-F1) of the model on the test rows."""
+    """(accuracy, macro-F1) of the model on the test rows; for segmentation (mean IoU over
+    classes, macro-F1 over pixels), so the curves' accuracy column holds the mean IoU."""
     from cryoal.device import resolve_device
     from cryoal.inference import predict_proba
 
@@ -67,6 +72,13 @@ def evaluate_model(
         rows = test[start : start + config.score_batch_size]
         preds.append(predict_proba(model, data.read(rows), device).argmax(axis=1))
     pred = np.concatenate(preds) if preds else np.empty(0, dtype=np.int64)
+    if data.targets is not None:
+        from cryoal.masks import mean_iou, pixel_confusion
+
+        truth = data.targets[test]
+        keep = truth >= 0
+        return (mean_iou(pixel_confusion(truth, pred, data.n_classes)),
+                macro_f1(truth[keep].ravel(), pred[keep].ravel()))
     truth = data.truth[test]
     return accuracy(truth, pred), macro_f1(truth, pred)
 

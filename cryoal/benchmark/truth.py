@@ -26,6 +26,10 @@ def load_truth(pool: Pool, path: str | os.PathLike) -> BenchmarkData:
     """
     path = Path(path)
     table = read_table(path)
+    from cryoal.masks import MASK_COLUMNS
+
+    if any(c in table for c in MASK_COLUMNS):  # segmentation: particle_id,mask_path
+        return _load_mask_truth(pool, path)
     for col in ("particle_id", "label"):
         if col not in table:
             raise InputError(f"{path}: needs columns particle_id,label; found {','.join(table) or 'none'}")
@@ -48,3 +52,16 @@ def load_truth(pool: Pool, path: str | os.PathLike) -> BenchmarkData:
         raise InputError(f"{path}: the pool's particles all have the same true label '{names[0]}'")
     index = {name: k for k, name in enumerate(names)}
     return BenchmarkData(pool, np.asarray([index[lab] for lab in labels], dtype=np.int64), names)
+
+
+def _load_mask_truth(pool: Pool, path: Path) -> BenchmarkData:
+    """Segmentation truth: every particle's mask. The strata (for the test split and the initial
+    set) are `mask_labels` (largest class id in the mask); the metric is the mean IoU."""
+    from cryoal.masks import class_names_for, mask_labels, read_truth_masks
+
+    masks = read_truth_masks(pool, path)
+    present = np.unique(masks[masks >= 0])
+    if present.size < 2:
+        raise InputError(f"{path}: the true masks hold a single class; nothing to segment")
+    names = class_names_for(int(present.max()) + 1, pool.class_names)
+    return BenchmarkData(pool, mask_labels(masks).astype(np.int64).clip(min=0), names, targets=masks)

@@ -84,22 +84,32 @@ def benchmark(
     norm: str = typer.Option("l2", "--norm", help="Gradient norm for expected/entropy: l2 or tensor-sum."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in OUT (same options)."),
+    augment: bool = typer.Option(
+        True, "--augment/--no-augment",
+        help="Training augmentation of the pool's mode (off for data without its symmetries, e.g. digits).",
+    ),
+    log_json: Path = typer.Option(
+        None, "--log-json", help="Append JSON-lines events (start, progress, cycle, done) to this file."
+    ),
 ) -> None:
     """Run active learning with an oracle: several schemes, seeds and cycles; write learning curves.
 
     Outputs in OUT: curves.csv, selections.csv, summary.csv (AUBC), curves.png and run.json.
     """
     from cryoal.benchmark.runner import run_cli
+    from cryoal.logjson import EventLog
 
     known = _known_schemes()
     names = parse_schemes(schemes, known)
     _check_options(out, resume, seeds=seeds, cycles=cycles, epochs=epochs, batch_size=batch_size,
                    initial=initial, budget=budget, test_fraction=test_fraction, val_fraction=val_fraction,
                    warm_epochs=warm_epochs)
-    run_cli(
-        pool, truth, out, stderr_console(),
-        schemes=names, seeds=seeds, initial=initial, budget=budget, cycles=cycles,
-        test_fraction=test_fraction, val_fraction=val_fraction, epochs=epochs, batch_size=batch_size,
-        arch=arch, width=width, lr=lr, patience=patience, warm_start=warm_start, warm_epochs=warm_epochs,
-        mc_passes=mc_passes, norm=norm, device=device, resume=resume,
-    )
+    with EventLog(log_json, command="benchmark") as event_log:
+        run_cli(
+            pool, truth, out, stderr_console(),
+            schemes=names, seeds=seeds, initial=initial, budget=budget, cycles=cycles,
+            test_fraction=test_fraction, val_fraction=val_fraction, epochs=epochs, batch_size=batch_size,
+            arch=arch, width=width, lr=lr, patience=patience, warm_start=warm_start, warm_epochs=warm_epochs,
+            mc_passes=mc_passes, norm=norm, device=device, resume=resume, augment=augment,
+            event_log=event_log,
+        )

@@ -13,11 +13,14 @@ _COMPRESSIONS = ("none", "lzf", "gzip")
 
 @command(
     epilog="Example: cryoal ingest demo/particles.star -o pool.h5   |   "
-    "cryoal ingest 'subtomos/**/*.mrc' more/ -o pool.h5 --box 32 --skip-bad"
+    "cryoal ingest 'subtomos/**/*.mrc' more/ -o pool.h5 --box 32 --skip-bad   |   "
+    "cryoal ingest digits/ -o img.h5 --mode image   |   "
+    "cryoal ingest mem/images.csv -o seg.h5 --mode segmentation"
 )
 def ingest(
     inputs: list[str] = typer.Argument(
-        ..., help="MRC files, directories (searched recursively), quoted globs, or STAR/CSV manifests."
+        ..., help="MRC files (image modes: also PNG, TIFF, NPY), directories (searched recursively), "
+        "quoted globs, or STAR/CSV manifests."
     ),
     output: Path = typer.Option(..., "-o", "--output", help="Pool file (HDF5) to write."),
     box: int | None = typer.Option(
@@ -28,7 +31,21 @@ def ingest(
     skip_bad: bool = typer.Option(
         False, "--skip-bad", help="Skip bad files (reported on stderr) instead of stopping, writing nothing."
     ),
-    mode: str = typer.Option("subtomogram", "--mode", help="subtomogram (3D volumes) or image (2D images)."),
+    mode: str = typer.Option(
+        "subtomogram", "--mode",
+        help="subtomogram (3D volumes), image (2D images) or segmentation (2D images or 3D patches + masks)."
+    ),
+    masks: Path | None = typer.Option(
+        None, "--masks", help="Segmentation: directory of masks named like their images (a.mrc -> a.png, "
+        "a_mask.png...). A manifest's mask_path column works too."
+    ),
+    ignore_index: int | None = typer.Option(
+        None, "--ignore-index", help="Segmentation: mask value meaning unlabelled (besides -1)."
+    ),
+    classes: str | None = typer.Option(
+        None, "--classes", help="Segmentation: comma list of class names for mask ids 0, 1, ... "
+        "(a mask id beyond them is an error). Default: numbered from the masks."
+    ),
     stack: bool = typer.Option(
         False, "--stack", help="Read NX-cubes stacked along z as a stack of volumes (ISPG 401 needs no flag)."
     ),
@@ -45,7 +62,8 @@ def ingest(
         None, "--batch-size", help="Volumes written at a time (default: ~32 MB).", hidden=True
     ),
 ) -> None:
-    """Read MRC volumes, crop/pad to the box, z-score each one, and write (or grow) the pool."""
+    """Read MRC volumes (or 2D images, or images with masks), crop/pad to the box, z-score each one,
+    and write (or grow) the pool."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     from cryoal.errors import CryoalError
@@ -60,6 +78,8 @@ def ingest(
         box=box, mode=mode, append=append, overwrite=overwrite, skip_bad=skip_bad, stack=stack,
         id_column=id_column, label_column=label_column, voxel_size=voxel_size, batch_size=batch_size,
         compression=None if compression == "none" else compression,
+        masks_dir=masks, ignore_index=ignore_index,
+        classes=[c.strip() for c in classes.split(",")] if classes else None,
     )
     console = stderr_console()
     # the bar only on a terminal: in logs and pipes stderr keeps just the warnings and errors

@@ -18,6 +18,14 @@ def predict(
     batch_size: int = typer.Option(64, "--batch-size", min=1, help="Particles per inference batch."),
     device: str = typer.Option("auto", "--device", help="auto (CUDA if present), cpu or cuda."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object on stdout."),
+    masks: Path | None = typer.Option(
+        None, "--masks", help="Segmentation: where the predicted masks go (.npy or .mrc; default: "
+        "<output stem>_masks.npy). The CSV then holds each image's mean confidence."
+    ),
+    fmt: str = typer.Option(
+        "csv", "--format",
+        help="csv, star (RELION particle STAR with rlnClassNumber, at -o) or both (STAR beside the CSV).",
+    ),
 ) -> None:
     """Write particle_id,predicted_label,confidence,p_<class>... for every particle."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
@@ -31,10 +39,14 @@ def predict(
         task = bar.add_task("predict", total=None)
         summary = predict_pool(
             pool, model, output, batch_size=batch_size, device=device,
-            progress=lambda done, total: bar.update(task, completed=done, total=total),
+            progress=lambda done, total: bar.update(task, completed=done, total=total), fmt=fmt,
+            masks_path=masks,
         )
     if as_json:
         typer.echo(json.dumps(summary))
     else:
         counts = ", ".join(f"{k} {v}" for k, v in summary["counts"].items())
-        typer.echo(f"wrote {summary['n']} predictions to {output} ({counts})")
+        if "masks" in summary:
+            counts = f"pixels: {counts}"
+        where = " and ".join(summary["outputs"].values())
+        typer.echo(f"wrote {summary['n']} predictions to {where} ({counts})")

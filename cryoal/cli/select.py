@@ -32,25 +32,63 @@ def select(
         "l2", "--norm", help="Gradient norm for expected/entropy: l2 (global) or tensor-sum (per-tensor sum)."
     ),
     mc_passes: int = typer.Option(20, "--mc-passes", help="MC-dropout passes for bald."),
+    samples: int = typer.Option(
+        8, "--samples", help="Segmentation: label maps sampled per image to estimate `expected` "
+        "(an estimate; classifiers use the exact sum over classes)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object on stdout."),
+    fmt: str = typer.Option(
+        "csv", "--format",
+        help="csv (DESIGN section 4), star (a RELION 5 particle STAR file at -o) or both (CSV at -o, "
+        "STAR beside it with the suffix .star).",
+    ),
+    log_json: Path = typer.Option(
+        None, "--log-json", help="Append JSON-lines events (start, progress, done) to this file."
+    ),
 ) -> None:
-    """Score the unlabelled particles and write the top N, ranked (higher score = label first)."""
+    """Score the unlabelled particles and write the top N, ranked (higher score = label first).
+
+    Under `torchrun --nproc-per-node N -m cryoal select ...` the ranks share the scoring and rank 0
+    writes the same file a single process would.
+    """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
     from rich.table import Table
 
-    from cryoal.select import select_pool
+    from cryoal.device import resolve_device
+    from cryoal.distributed import init_distributed, launched_by_torchrun, shutdown
+    from cryoal.logjson import EventLog
+    from cryoal.select import output_paths, select_pool
 
+    output_paths(output, fmt)  # a bad --format fails before torch.distributed starts
+    dist = init_distributed(resolve_device(device).type) if launched_by_torchrun() else None
+    main = dist is None or dist.is_main
     console = stderr_console()
-    with Progress(
-        f"scoring ({scheme})", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-        console=console, transient=True,
-    ) as bar:
-        task = bar.add_task("select", total=None)
-        summary = select_pool(
-            pool, model, output, scheme=scheme, n=n, batch_size=batch_size, device=device, seed=seed,
-            pool_subset=pool_subset, norm=norm, mc_passes=mc_passes,
-            progress=lambda done, total: bar.update(task, completed=done, total=total),
-        )
+    try:
+        with EventLog(log_json, command="select", enabled=main) as log, Progress(
+            f"scoring ({scheme})", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+            console=console, transient=True, disable=not main,
+        ) as bar:
+            task = bar.add_task("select", total=None)
+            step = {"next": 0.0}
+
+            def progress(done: int, total: int) -> None:
+                bar.update(task, completed=done, total=total)
+                if total and done / total >= step["next"]:  # one event per 5% of the work
+                    log.emit("progress", done=done, total=total)
+                    step["next"] = done / total + 0.05
+
+            summary = select_pool(
+                pool, model, output, scheme=scheme, n=n, batch_size=batch_size, device=device, seed=seed,
+                pool_subset=pool_subset, norm=norm, mc_passes=mc_passes, progress=progress, fmt=fmt,
+                dist=dist, log=log, samples=samples,
+            )
+    finally:
+        if dist is not None:
+            shutdown(dist)
+    if summary is None:  # a torchrun rank other than 0: rank 0 reports
+        return
+    for warning in summary["warnings"]:
+        console.print(f"warning: {warning}", highlight=False)
     table = Table(title=f"top of {output} ({scheme})", title_justify="left")
     for col in ("rank", "particle_id", "score", "predicted_label", "confidence"):
         table.add_column(col, justify="right" if col in ("rank", "score", "confidence") else "left")
@@ -62,7 +100,8 @@ def select(
     if as_json:
         typer.echo(json.dumps({k: v for k, v in summary.items() if k != "top"}))
     else:
+        where = " and ".join(summary["outputs"].values())
         typer.echo(
-            f"wrote {summary['n_written']} of {summary['n_scored']} scored particles to {output} "
+            f"wrote {summary['n_written']} of {summary['n_scored']} scored particles to {where} "
             f"(scheme {scheme}; {summary['n_unlabelled']} unlabelled in the pool)"
         )

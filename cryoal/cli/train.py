@@ -68,6 +68,8 @@ def print_metrics_table(metrics: dict, console) -> None:
             f"{metrics['seconds_per_epoch']:.1f} s/epoch on {metrics['device']}",
             highlight=False,
         )
+    if metrics.get("mean_iou") is not None:  # segmentation: pixel accuracy above, mean IoU here
+        console.print(f"mean IoU {metrics['mean_iou']:.3f} ({where} set, over pixels)", highlight=False)
 
 
 @command(epilog="Example: cryoal train pool.h5 -o model.pt --epochs 30 --seed 0")
@@ -75,10 +77,10 @@ def train(
     pool: Path = typer.Argument(..., help="Pool file (HDF5) with labelled particles."),
     output: Path = typer.Option(..., "-o", "--output", help="Model checkpoint to write (.pt)."),
     arch: str = typer.Option(
-        None, "--arch", help="Network: dsrf3d, rb3d or resnet3d (default: the mode's default, resnet3d)."
+        None, "--arch", help="Network: dsrf3d, rb3d or resnet3d (default: the mode's default, rb3d)."
     ),
     epochs: int = typer.Option(_DEFAULT_EPOCHS, "--epochs", min=1, help="Maximum number of epochs."),
-    batch_size: int = typer.Option(16, "--batch-size", min=1, help="Training batch size."),
+    batch_size: int = typer.Option(16, "--batch-size", min=2, help="Training batch size (at least 2)."),
     lr: float = typer.Option(1e-3, "--lr", min=0.0, help="AdamW learning rate (cosine decay)."),
     weight_decay: float = typer.Option(1e-2, "--weight-decay", min=0.0, help="AdamW weight decay."),
     seed: int = typer.Option(
@@ -101,20 +103,54 @@ def train(
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as one JSON object on stdout."),
     log_json: Path = typer.Option(None, "--log-json", help="Append JSON-lines progress events to this file."),
 ) -> None:
-    """Train the classifier on the labelled particles; keep the weights with the best val accuracy."""
+    """Train the classifier on the labelled particles; keep the weights with the best val accuracy.
+
+    Under `torchrun --nproc-per-node N -m cryoal train ...` the ranks train data-parallel (DDP) and
+    rank 0 alone prints, logs and writes the checkpoint.
+    """
     from rich.console import Console
+
+    from cryoal.device import resolve_device
+    from cryoal.distributed import DistContext, init_distributed, launched_by_torchrun, shutdown
+    from cryoal.io.atomic import check_output_dir
+
+    check_output_dir(output)  # fail before training, not after
+    dist = init_distributed(resolve_device(device).type) if launched_by_torchrun() else DistContext()
+    try:
+        metrics = _train(
+            pool, output, dist, log_json, val_fraction=val_fraction, arch=arch, epochs=epochs,
+            batch_size=batch_size, lr=lr, weight_decay=weight_decay, patience=patience, seed=seed,
+            device=device, augment=augment,
+        )
+    finally:
+        shutdown(dist)
+    if not dist.is_main:  # a torchrun rank other than 0: rank 0 reports
+        return
+    console = stderr_console()
+    for name in metrics["classes_without_labels"]:
+        console.print(
+            f"warning: class '{name}' has no labels yet; the model will rarely predict it", highlight=False
+        )
+    if as_json:
+        typer.echo(json.dumps(_json_safe({"output": str(output), **metrics})))
+    else:
+        print_metrics_table(metrics, Console(highlight=False))
+        typer.echo(f"saved {output}")
+
+
+def _train(pool: Path, output: Path, dist, log_json: Path | None, **train_kwargs) -> dict:
+    """Train (on this rank's share under torchrun) and save on rank 0; returns the metrics."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from cryoal.checkpoint import save_checkpoint
-    from cryoal.io.atomic import check_output_dir
+    from cryoal.distributed import run_on_all_ranks
     from cryoal.logjson import EventLog
     from cryoal.train import train_from_pool
 
-    check_output_dir(output)  # fail before training, not after
     console = stderr_console()
-    with EventLog(log_json, command="train") as log, Progress(
+    with EventLog(log_json, command="train", enabled=dist.is_main) as log, Progress(
         TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TimeElapsedColumn(), console=console, transient=True,
+        TimeElapsedColumn(), console=console, transient=True, disable=not dist.is_main,
     ) as bar:
         task = bar.add_task("training", total=None)
 
@@ -122,6 +158,8 @@ def train(
             if info["event"] == "batch":
                 bar.update(task, description=f"epoch {info['epoch']}", total=info["n_batches"],
                            completed=info["batch"])
+                return
+            if not dist.is_main:
                 return
             val = info.get("val_accuracy")
             bar.console.print(
@@ -132,20 +170,9 @@ def train(
             )
             log.emit("epoch", **{k: v for k, v in info.items() if k != "event"})
 
-        model, metrics, meta = train_from_pool(
-            pool, val_fraction=val_fraction, arch=arch, progress=progress, epochs=epochs,
-            batch_size=batch_size, lr=lr, weight_decay=weight_decay, patience=patience, seed=seed,
-            device=device, augment=augment,
-        )
-        save_checkpoint(output, model, meta)
+        model, metrics, meta = train_from_pool(pool, progress=progress, dist=dist, **train_kwargs)
+        # rank 0 writes; if that fails, every rank reports it
+        run_on_all_ranks(lambda: save_checkpoint(output, model, meta) if dist.is_main else None, dist)
         summary = {k: v for k, v in metrics.items() if k != "history"}
         log.emit("done", output=str(output), **summary)
-    for name in metrics["classes_without_labels"]:
-        console.print(
-            f"warning: class '{name}' has no labels yet; the model will rarely predict it", highlight=False
-        )
-    if as_json:
-        typer.echo(json.dumps(_json_safe({"output": str(output), **metrics})))
-    else:
-        print_metrics_table(metrics, Console(highlight=False))
-        typer.echo(f"saved {output}")
+    return metrics

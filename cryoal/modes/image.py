@@ -39,8 +39,15 @@ def apply_plane_transform(v: torch.Tensor, k: int, flip: bool, shift: tuple[int,
     return v
 
 
+def shift_for(shape, max_shift: int = MAX_SHIFT) -> int:
+    """The largest shift for images of `shape`: MAX_SHIFT pixels, but at most 1/16 of the smaller
+    side (a shift rolls pixels round the border: 2 of 8 pixels would move a quarter of the image)."""
+    return min(max_shift, min(int(s) for s in shape) // 16)
+
+
 def augment_images(x: torch.Tensor, generator: torch.Generator, max_shift: int = MAX_SHIFT) -> torch.Tensor:
     """Random quarter turns, mirrors and small shifts of each image of a (B, 1, H, W) batch."""
+    max_shift = shift_for(x.shape[-2:], max_shift)
     k, flip, shifts = plane_transforms(generator, x.shape[0], x.shape[-1] == x.shape[-2], max_shift)
     return torch.stack([
         apply_plane_transform(x[i], int(k[i]), bool(flip[i]), tuple(int(s) for s in shifts[i]))

@@ -13,12 +13,13 @@ like the subtomogram mode's rotations about z).
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from cryoal.models.unet import DEFAULT_SEG_ARCH, SEG_ARCHS, build_segmentation_model
 from cryoal.modes.base import Mode
-from cryoal.modes.image import apply_plane_transform, plane_transforms
+from cryoal.modes.image import apply_plane_transform, plane_transforms, shift_for
 
 IGNORE = -1
 
@@ -37,6 +38,7 @@ def pixel_mean_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> tor
 def augment_pairs(x: torch.Tensor, y: torch.Tensor, generator: torch.Generator,
                   max_shift: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
     """The same random in-plane transform on each image (B, 1, *S) and its mask (B, *S)."""
+    max_shift = shift_for(x.shape[-2:], max_shift)
     k, flip, shifts = plane_transforms(generator, x.shape[0], x.shape[-1] == x.shape[-2], max_shift)
     xs, ys = [], []
     for i in range(x.shape[0]):
@@ -44,6 +46,14 @@ def augment_pairs(x: torch.Tensor, y: torch.Tensor, generator: torch.Generator,
         xs.append(apply_plane_transform(x[i], *args))
         ys.append(apply_plane_transform(y[i], *args))
     return torch.stack(xs), torch.stack(ys)
+
+
+def pool_masks(pool, rows) -> np.ndarray:
+    """The masks (N, *shape) int64 of pool `rows` (-1 = unlabelled pixel): the training targets."""
+    rows = np.asarray(rows, dtype=np.int64)
+    if rows.size == 0:
+        return np.empty((0, *pool.shape), np.int64)
+    return np.asarray(pool.read(rows, dataset="masks"), dtype=np.int64)
 
 
 def augment_images_only(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -60,6 +70,8 @@ SEGMENTATION = Mode(
     build_model=build_segmentation_model,
     per_sample_loss=pixel_mean_cross_entropy,
     augment=augment_images_only,
+    augment_targets=augment_pairs,
+    targets=pool_masks,
 )
 
 __all__ = ["IGNORE", "SEGMENTATION", "augment_pairs", "pixel_mean_cross_entropy"]

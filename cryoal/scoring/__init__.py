@@ -38,8 +38,9 @@ def score(model: nn.Module, batch, scheme: str, **kw) -> np.ndarray:
 
     `batch` is the model input (B, 1, D, H, W), or pool volumes (B, D, H, W) (a channel axis is
     added). Keywords: `norm` ("l2" or "tensor-sum", gradient-norm schemes), `mc_passes` (bald,
-    default 20), `seed` (random, bald and badge; default 0), `labelled_features` (coreset: (M, F)
-    features of labelled particles, the initial centres).
+    default 20), `seed` (random, bald, badge and the sampled `expected`; default 0), `samples`
+    (`expected` on per-pixel outputs: label maps drawn, default 8), `labelled_features` (coreset:
+    (M, F) features of labelled particles, the initial centres).
 
     For `coreset` and `badge`, which choose a set rather than score one sample at a time, the
     batch is ordered greedily in full and each sample's score is its gain when picked: the
@@ -50,7 +51,8 @@ def score(model: nn.Module, batch, scheme: str, **kw) -> np.ndarray:
     x = as_model_input(model, batch)
     seed = kw.get("seed", 0)
     if isinstance(sch, ScoreScheme):
-        ctx = ScoreContext.make(norm=kw.get("norm", "l2"), mc_passes=kw.get("mc_passes", 20), seed=seed)
+        ctx = ScoreContext.make(norm=kw.get("norm", "l2"), mc_passes=kw.get("mc_passes", 20), seed=seed,
+                                samples=kw.get("samples", 8))
         return sch.score(model, x, ctx)[0]
     assert isinstance(sch, BatchScheme)
     from cryoal.scoring.diversity import gains_by_index, penultimate
@@ -58,7 +60,9 @@ def score(model: nn.Module, batch, scheme: str, **kw) -> np.ndarray:
 
     with torch.no_grad(), eval_mode(model):
         logits, feats = penultimate(model, x)
-    probs = torch.softmax(logits.double(), dim=1).cpu().numpy()
+    from cryoal.scoring.segmentation import pooled_probs
+
+    probs = pooled_probs(torch.softmax(logits.double(), dim=1).cpu().numpy())  # (B, C) per sample
     labelled = kw.get("labelled_features")
     order, gains = sch.choose(probs, feats.double().cpu().numpy(), len(x), labelled, seed)
     return gains_by_index(order, gains, len(x))

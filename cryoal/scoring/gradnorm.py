@@ -12,20 +12,57 @@ and the entropy's. When only `entropy` is wanted, the single seed -p * (log p + 
 expected = sum_c p_c ||grad_theta CE(f(x), c)||,  entropy = ||grad_theta H(p(x))||.
 `norm="l2"` is one global L2 norm over all trainable parameters; `norm="tensor-sum"` sums the
 L2 norms of the separate parameter tensors (what the original authors' code computes).
+
+Dense outputs (B, C, *spatial), e.g. a U-Net's per-pixel logits, go through the same engine with
+the seeds of `cryoal.scoring.segmentation`: the loss is the mean over pixels, `entropy` is exact,
+and `expected` is estimated from `samples` label maps drawn from the per-pixel posterior (the
+exact sum has C^pixels terms). For (B, C) logits `expected` is always the exact sum over classes.
+
+On CPU a batch of (B, C) outputs is scored in chunks of a few samples (`chunk_size`): each chunk
+is still one batched forward plus C-1 batched backward passes, sized so its activations stay in
+cache. Dense outputs are scored in one pass.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from cryoal.scoring.gram import per_sample_gram
+from cryoal.scoring.gram import concat_results, per_sample_gram
 
 NORMS = ("l2", "tensor-sum")
 GRADNORM_SCHEMES = ("expected", "entropy")
+# On CPU the engine runs a batch in chunks whose largest activation stays near this size. The
+# full-resolution layers' backward work (pool/ReLU/BatchNorm backward, weight-gradient reductions)
+# is memory-bound, and runs much faster when a chunk's activations stay in cache. Measured on a
+# busy 2-core CPU, 32^3, C=5 (expected+entropy, samples/s): rb3d 5.1 at 32 samples a pass, 8.7
+# at 4; resnet3d 4.6 at 32, 7.0 at 8; the per-sample loop ran at 2.7 and 1.8.
+CPU_CHUNK_BYTES = 16 << 20
+MIN_CHUNK = 2
+
+
+def chunk_size(largest: int) -> int:
+    """Samples per engine pass on CPU, from the largest conv output of one sample (elements):
+    enough that a chunk's largest activation (float32) is about CPU_CHUNK_BYTES."""
+    return max(MIN_CHUNK, CPU_CHUNK_BYTES // (4 * max(largest, 1)))
+
+
+@contextlib.contextmanager
+def largest_conv_output(model: nn.Module) -> Iterator[list[int]]:
+    """Collect the per-sample size (elements) of every conv output of the forwards run inside."""
+    sizes: list[int] = [0]
+    hooks = [m.register_forward_hook(lambda mod, args, out: sizes.append(out[0].numel()))
+             for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd)]
+    try:
+        yield sizes
+    finally:
+        for h in hooks:
+            h.remove()
 
 
 def zero_sum_basis(n_classes: int, dtype=torch.float64, device=None) -> Tensor:
@@ -53,12 +90,16 @@ def _quad(alpha: Tensor, gram: Tensor) -> Tensor:
 
 
 def gradnorm_scores(
-    model: nn.Module, x: Tensor, schemes: tuple[str, ...] = GRADNORM_SCHEMES, norm: str = "l2"
+    model: nn.Module, x: Tensor, schemes: tuple[str, ...] = GRADNORM_SCHEMES, norm: str = "l2",
+    samples: int | None = None, generator: torch.Generator | None = None,
 ) -> GradnormResult:
     """Score a batch (B, 1, ...) with the gradient-norm schemes named in `schemes`.
 
-    The model is used in eval mode and on its own device; `x` is moved there.
+    The model is used in eval mode and on its own device; `x` is moved there. `samples` and
+    `generator` only matter for dense outputs (the sampled `expected`; see the module docstring).
     """
+    from cryoal.scoring import segmentation as dense
+
     if norm not in NORMS:
         raise ValueError(f"unknown norm {norm!r}; choose one of {', '.join(NORMS)}")
     unknown = set(schemes) - set(GRADNORM_SCHEMES)
@@ -67,6 +108,8 @@ def gradnorm_scores(
     entropy_only = set(schemes) == {"entropy"}
 
     def seeds(logits: Tensor) -> Tensor:
+        if logits.dim() > 2:  # per-pixel outputs
+            return dense.dense_seeds(logits, schemes, samples or dense.DEFAULT_SAMPLES, generator)
         b, c = logits.shape
         if entropy_only:
             logp = torch.log_softmax(logits.double(), dim=1)
@@ -76,7 +119,24 @@ def gradnorm_scores(
         u = zero_sum_basis(c, dtype=logits.dtype, device=logits.device)
         return u.T.unsqueeze(0).expand(b, c - 1, c)
 
-    res = per_sample_gram(model, x, seeds, per_tensor=norm == "tensor-sum")
+    def gram(xs: Tensor):
+        return per_sample_gram(model, xs, seeds, per_tensor=norm == "tensor-sum")
+
+    b = x.shape[0]
+    if x.device.type != "cpu" or b <= MIN_CHUNK:
+        parts = [gram(x)]
+    else:  # the first chunk's forward tells how large the activations are
+        with largest_conv_output(model) as sizes:
+            parts = [gram(x[:MIN_CHUNK])]
+        if parts[0].output.dim() > 2:
+            parts = [gram(x)]  # dense outputs draw sampled seeds for the whole batch at once
+        else:
+            step = chunk_size(max(sizes))
+            parts += [gram(x[i : i + step]) for i in range(MIN_CHUNK, b, step)]
+    res = parts[0] if len(parts) == 1 else concat_results(parts)
+    if res.output.dim() > 2:
+        probs = torch.softmax(res.output.double(), dim=1).float().cpu().numpy()
+        return GradnormResult(scores=dense.dense_scores(res, schemes, norm), probs=probs)
     logits = res.output.double()
     if logits.dim() != 2:
         raise ValueError(f"gradient-norm scoring expects logits (B, C), got {tuple(logits.shape)}")

@@ -156,11 +156,12 @@ def per_sample_gram(
     with eval_mode(model):
         if _couples_samples(model) and x.shape[0] > 1:
             parts = [_gram_batch(model, x[i : i + 1], seed_fn, per_tensor) for i in range(x.shape[0])]
-            return _concat(parts)
+            return concat_results(parts)
         return _gram_batch(model, x, seed_fn, per_tensor)
 
 
-def _concat(parts: list[GramResult]) -> GramResult:
+def concat_results(parts: list[GramResult]) -> GramResult:
+    """The results of consecutive chunks of a batch as one result."""
     per_tensor = None
     if parts[0].per_tensor is not None:
         per_tensor = {k: torch.cat([p.per_tensor[k] for p in parts]) for k in parts[0].per_tensor}  # type: ignore[index]

@@ -187,7 +187,10 @@ class ConvHandler(Handler):
         # Weights smaller than the output gradient: form them now and drop the gradient;
         # otherwise keep the gradient and form all seeds at once (fewer, larger products).
         if self.module.weight.numel() <= math.prod(grad.shape[1:]):
-            self._add("weight", seed, self._per_sample_weight_grad(call["input"], grad.unsqueeze(1))[:, 0])
+            w = self._per_sample_weight_grad(call["input"], grad.unsqueeze(1), call)
+            self._add("weight", seed, w[:, 0])
+            if seed == self.n_seeds - 1:
+                call.pop("patches", None)  # the last seed: free the cached unfolded input
         else:
             call["grads"][seed] = grad
 
@@ -205,9 +208,13 @@ class ConvHandler(Handler):
                     self._add("weight", s, w[:, s])
         return super().grams()
 
-    def _per_sample_weight_grad(self, inp: Tensor, g: Tensor) -> Tensor:
+    def _per_sample_weight_grad(self, inp: Tensor, g: Tensor, call: dict | None = None) -> Tensor:
         """Per-sample, per-seed weight gradients (B, S, P), in batch blocks that bound the
-        transient memory (weights and, for 'unfold', the unfolded input)."""
+        transient memory (weights and, for 'unfold', the unfolded input).
+
+        With `call` given and the batch in one block, the 'unfold' plan keeps the unfolded input
+        in the call record for the next seeds: unfolding is a full copy of the input times the
+        kernel volume (measured: ~7% of the default model's scoring time when redone per seed)."""
         b, s = g.shape[:2]
         per_sample = s * self.module.weight.numel()
         if self.plan == "unfold":
@@ -215,13 +222,17 @@ class ConvHandler(Handler):
         step = max(1, MATERIALISE_BLOCK_ELEMS // max(per_sample, 1))
         fn = self._unfold_weight_grad if self.plan == "unfold" else self._grouped_weight_grad
         if step >= b:
+            if self.plan == "unfold" and call is not None:
+                if "patches" not in call:
+                    call["patches"] = self._unfold(*self._padding(inp))
+                return self._unfold_weight_grad(inp, g, call["patches"])
             return fn(inp, g)
         return torch.cat([fn(inp[i : i + step], g[i : i + step]) for i in range(0, b, step)])
 
-    def _unfold_weight_grad(self, inp: Tensor, g: Tensor) -> Tensor:
+    def _unfold_weight_grad(self, inp: Tensor, g: Tensor, patches: Tensor | None = None) -> Tensor:
         """groups=1: W_bs = G_bs (Cout, L) @ patches_b (L, Cin * prod(kernel)), one bmm."""
-        inp, padding = self._padding(inp)
-        patches = self._unfold(inp, padding)
+        if patches is None:
+            patches = self._unfold(*self._padding(inp))
         b, s, cout = g.shape[:3]
         w = torch.bmm(g.reshape(b, s * cout, -1), patches)
         return w.reshape(b, s, -1)

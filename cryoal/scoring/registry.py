@@ -21,6 +21,7 @@ from torch import Tensor, nn
 from cryoal.errors import CryoalError
 from cryoal.scoring import diversity, uncertainty
 from cryoal.scoring.gradnorm import gradnorm_scores
+from cryoal.scoring.segmentation import pixel_mean, pixel_mean_mc
 
 
 def seed_stream(seed: int | None, k: int) -> np.random.SeedSequence | None:
@@ -37,10 +38,17 @@ class ScoreContext:
     mc_passes: int = 20
     seed: int | None = 0
     rng: np.random.Generator = field(default_factory=lambda: np.random.default_rng(0))
+    samples: int = 8  # label maps drawn for `expected` on dense (per-pixel) outputs
+    generator: torch.Generator | None = None  # draws those label maps; persists across batches
 
     @classmethod
-    def make(cls, norm: str = "l2", mc_passes: int = 20, seed: int | None = 0) -> ScoreContext:
-        return cls(norm=norm, mc_passes=mc_passes, seed=seed, rng=np.random.default_rng(seed_stream(seed, 1)))
+    def make(cls, norm: str = "l2", mc_passes: int = 20, seed: int | None = 0,
+             samples: int = 8) -> ScoreContext:
+        gen = torch.Generator()
+        if seed is not None:
+            gen.manual_seed(int(np.random.SeedSequence([seed, 2]).generate_state(1)[0]))
+        return cls(norm=norm, mc_passes=mc_passes, seed=seed, rng=np.random.default_rng(seed_stream(seed, 1)),
+                   samples=samples, generator=gen)
 
 
 ScoreFn = Callable[[nn.Module, Tensor, ScoreContext], tuple[np.ndarray, np.ndarray]]
@@ -54,7 +62,8 @@ class ScoreScheme:
     kind: str = "score"
 
     def score(self, model: nn.Module, x: Tensor, ctx: ScoreContext) -> tuple[np.ndarray, np.ndarray]:
-        """(scores (B,), probs (B, C)) for one batch."""
+        """(scores (B,), probs (B, C, ...)) for one batch: probs as the model outputs them, per
+        sample or per pixel."""
         return self.fn(model, x, ctx)
 
 
@@ -76,7 +85,7 @@ class BatchScheme:
 
 @torch.no_grad()
 def predict_probs(model: nn.Module, x: Tensor) -> np.ndarray:
-    """Softmax probabilities (B, C) in eval mode."""
+    """Softmax probabilities (B, C) in eval mode ((B, C, *spatial) for per-pixel outputs)."""
     from cryoal.scoring.gram import eval_mode
 
     with eval_mode(model):
@@ -85,15 +94,17 @@ def predict_probs(model: nn.Module, x: Tensor) -> np.ndarray:
 
 def _gradnorm(name: str) -> ScoreFn:
     def fn(model, x, ctx):
-        res = gradnorm_scores(model, x, schemes=(name,), norm=ctx.norm)
+        res = gradnorm_scores(model, x, schemes=(name,), norm=ctx.norm, samples=ctx.samples,
+                              generator=ctx.generator)
         return res.scores[name], res.probs
     return fn
 
 
 def _softmax_scheme(score: Callable[[np.ndarray], np.ndarray]) -> ScoreFn:
+    # per-pixel outputs get the pixel mean of the per-pixel score (the score itself for (B, C))
     def fn(model, x, ctx):
         p = predict_probs(model, x)
-        return score(p), p
+        return pixel_mean(score, p), p
     return fn
 
 
@@ -107,9 +118,11 @@ def _bald(model, x, ctx):
         raise CryoalError("bald needs a model with a dropout layer (MC dropout); this one has none")
     p = predict_probs(model, x)
     mc = uncertainty.mc_dropout_probs(model, x, ctx.mc_passes, seed=ctx.seed)
-    return uncertainty.bald_from_probs(mc), p
+    return pixel_mean_mc(uncertainty.bald_from_probs, mc), p
 
 
+# Batch schemes see one row per sample: per-pixel probabilities arrive averaged over pixels
+# (`pooled_probs`) and features pooled over space (the model's `features`).
 def _coreset(probs, features, n, labelled, seed):
     return diversity.kcenter_greedy(features, n, labelled)
 

@@ -1,0 +1,53 @@
+"""benchmarks/al_snr_table.py: the study's combined table uses complete, paired seeds only."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from cryoal.benchmark.report import CurveRow, write_curves
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "al_snr_table.py"
+
+
+@pytest.fixture(scope="module")
+def table():
+    spec = importlib.util.spec_from_file_location("al_snr_table", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _snr_dir(root: Path, snr: str, curves: dict[tuple[str, int], list[float]], cycles: int) -> None:
+    d = root / f"snr_{snr}"
+    d.mkdir()
+    rows = [CurveRow(s, k, c, 10 + 10 * c, acc, acc) for (s, k), accs in curves.items()
+            for c, acc in enumerate(accs)]
+    write_curves(d / "curves.csv", rows)
+    opts = {"schemes": ["expected", "random"], "cycles": cycles, "seeds": 2, "test_fraction": 0.2,
+            "initial": 10, "budget": 10, "epochs": 1, "arch": "resnet3d", "width": 4}
+    (d / "run.json").write_text(json.dumps({"options": opts, "n_particles": 50, "class_names": ["a", "b"]}))
+
+
+def test_table_uses_complete_paired_seeds_and_ignores_logs(table, tmp_path):
+    # SNR 0.1: seed 1 of `random` stopped after cycle 0 (an interrupted run): seed 1 is left out
+    _snr_dir(tmp_path, "0.1", {("expected", 0): [0.2, 0.6, 0.8], ("random", 0): [0.2, 0.4, 0.6],
+                               ("expected", 1): [0.3, 0.5, 0.7], ("random", 1): [0.3]}, cycles=3)
+    _snr_dir(tmp_path, "inf", {("expected", 0): [0.5, 0.9, 0.9], ("random", 0): [0.5, 0.7, 0.9],
+                               ("expected", 1): [0.4, 0.8, 1.0], ("random", 1): [0.4, 0.4, 0.6]}, cycles=3)
+    (tmp_path / "snr_0.1.log.txt").write_text("not a directory of results\n")
+    blocks = table.load(tmp_path)
+    assert [snr for snr, _, _ in blocks] == ["inf", "0.1"]  # clean first, then the noisier levels
+    assert {r.seed for r in blocks[1][1]} == {0}
+    assert {r.seed for r in blocks[0][1]} == {0, 1}
+    md = table.markdown_table(blocks)
+    # SNR 0.1, seed 0 only: expected AUBC = (0.4 + 0.7) / 2 = 0.55, random = (0.3 + 0.5) / 2 = 0.4
+    assert "| expected | " in md and "0.550 ± 0.000" in md and "0.400 ± 0.000" in md
+    # SNR inf: expected per seed (0.7 + 0.9)/2 = 0.8 and (0.6 + 0.9)/2 = 0.75; std sqrt(0.00125)
+    assert "**0.775 ± 0.035**" in md
+    paired = table.paired_vs_random(blocks)
+    # inf: random 0.7 and 0.45 -> differences +0.1, +0.3 (2 wins of 2); 0.1: +0.15 (1 of 1)
+    assert "+0.200 ± 0.141 (2/2)" in paired and "+0.150 ± 0.000 (1/1)" in paired
