@@ -28,7 +28,6 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -39,18 +38,6 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-# Runs the cryoal CLI in this process and writes its peak RSS (VmHWM) at exit.
-RSS_WRAPPER = r"""
-import atexit, os, sys
-def _peak():
-    for line in open("/proc/self/status"):
-        if line.startswith("VmHWM:"):
-            open(os.environ["CRYOAL_RSS_FILE"], "w").write(line.split()[1])
-atexit.register(_peak)
-from cryoal.cli import main
-sys.argv = ["cryoal", *sys.argv[1:]]
-main()
-"""
 
 
 def write_mrc_files(directory: Path, n: int, box: int, seed: int = 0) -> float:
@@ -81,16 +68,12 @@ def write_mrc_files(directory: Path, n: int, box: int, seed: int = 0) -> float:
 
 def run_cli(args: list[str], workdir: Path, env_extra: dict | None = None) -> dict:
     """Run `cryoal ARGS` in a fresh process; returns seconds, peak RSS (MiB) and the output."""
-    wrapper = workdir / "rss_wrapper.py"
-    wrapper.write_text(RSS_WRAPPER)
-    rss_file = workdir / "rss.txt"
-    env = {**os.environ, "PYTHONPATH": str(REPO), "CRYOAL_RSS_FILE": str(rss_file), **(env_extra or {})}
-    t0 = time.perf_counter()
-    res = subprocess.run([sys.executable, str(wrapper), *args], capture_output=True, text=True, env=env)
-    seconds = time.perf_counter() - t0
-    if res.returncode != 0:
+    from cryoal.peak_rss import run_cryoal
+
+    res = run_cryoal(args, env_extra)
+    if res.returncode != 0 or res.peak_mib is None:
         raise SystemExit(f"cryoal {' '.join(args)} failed ({res.returncode}):\n{res.stderr[-2000:]}")
-    return {"seconds": seconds, "peak_rss_mib": int(rss_file.read_text()) / 1024, "stdout": res.stdout}
+    return {"seconds": res.seconds, "peak_rss_mib": res.peak_mib, "stdout": res.stdout}
 
 
 def make_checkpoint(path: Path, box: int, n_classes: int, arch: str | None) -> str:

@@ -20,10 +20,8 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -31,18 +29,6 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-# Runs the cryoal CLI in this process and writes its peak RSS (kB, VmHWM) at exit.
-RSS_WRAPPER = r"""
-import atexit, os, sys
-def _peak():
-    for line in open("/proc/self/status"):
-        if line.startswith("VmHWM:"):
-            open(os.environ["CRYOAL_RSS_FILE"], "w").write(line.split()[1])
-atexit.register(_peak)
-from cryoal.cli import main
-sys.argv = ["cryoal", *sys.argv[1:]]
-main()
-"""
 LABELLED = 50  # a few labelled particles, so coreset has initial centres and select skips them
 CHUNK = 500  # particles written per PoolWriter.add call
 
@@ -74,17 +60,12 @@ def write_model(path: Path, arch: str, box: int, classes: list[str]) -> None:
 
 def peak_rss(args: list[str], scratch: Path) -> tuple[float, float]:
     """(peak RSS in MiB, wall seconds) of `cryoal ARGS` in a fresh process."""
-    wrapper = scratch / "rss_wrapper.py"
-    wrapper.write_text(RSS_WRAPPER)
-    rss = scratch / "rss.txt"
-    rss.unlink(missing_ok=True)
-    env = {**os.environ, "PYTHONPATH": str(REPO), "CRYOAL_RSS_FILE": str(rss)}
-    t0 = time.perf_counter()
-    res = subprocess.run([sys.executable, str(wrapper), *args], capture_output=True, text=True, env=env)
-    wall = time.perf_counter() - t0
-    if res.returncode != 0:
+    from cryoal.peak_rss import run_cryoal
+
+    res = run_cryoal(args)
+    if res.returncode != 0 or res.peak_mib is None:
         raise SystemExit(f"cryoal {' '.join(args)} failed:\n{res.stderr[-2000:]}")
-    return int(rss.read_text()) / 1024, wall
+    return res.peak_mib, res.seconds
 
 
 def main() -> None:

@@ -56,6 +56,21 @@ def rank_by_score(scores: np.ndarray, ids: np.ndarray) -> np.ndarray:
     return np.lexsort((np.asarray(ids, dtype=str), -s))
 
 
+def interleave_by_class(order: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+    """Class-balanced order: the best of each predicted class, then the second best of each, ...
+
+    `order` lists positions best first; `predicted` holds each position's predicted class. Within
+    one round the classes keep their `order` (so the first pick is still the global best).
+    """
+    order = np.asarray(order)
+    cls = np.asarray(predicted)[order]
+    rank_in_class = np.empty(order.size, dtype=np.int64)
+    for c in np.unique(cls):
+        mask = cls == c
+        rank_in_class[mask] = np.arange(int(mask.sum()))
+    return order[np.argsort(rank_in_class, kind="stable")]
+
+
 def _format_float(v: float) -> str:
     return "" if not math.isfinite(v) else repr(float(v))
 
@@ -67,7 +82,7 @@ def _format_coord(v: float) -> str:
 def select_from_pool(
     pool, model, *, scheme: str, n: int, batch_size: int = 32, seed: int | None = 0,
     pool_subset: int | None = None, norm: str = "l2", mc_passes: int = 20,
-    progress: Progress | None = None, dist=None, samples: int = 8,
+    progress: Progress | None = None, dist=None, samples: int = 8, balance: bool = False,
 ) -> Ranked | None:
     """Score an open pool's unlabelled particles with `model` (already on its device) and rank them.
 
@@ -77,6 +92,8 @@ def select_from_pool(
     global positions, see `cryoal.io.prefetch.batch_plan`), rank 0 gathers the per-particle
     results (features, for coreset/badge) and ranks them exactly as one process does; the other
     ranks return None. A failure on any rank raises a CryoalError on every rank.
+    `balance` (score-based schemes only) picks round robin over the predicted classes, each class
+    in score order (see `interleave_by_class`), instead of taking the global top `n`.
     """
     from cryoal.distributed import DistContext, gather_concat, run_on_all_ranks, shard_range
     from cryoal.io.prefetch import batch_plan
@@ -104,6 +121,8 @@ def select_from_pool(
     if scheme == "bald" and not has_dropout(model):
         raise CryoalError("--scheme bald needs a model with a dropout layer (MC dropout); this one has none")
     assert scheme in SCHEMES
+    if balance and not isinstance(sch, ScoreScheme):
+        raise CryoalError(f"--balance applies to score-based schemes; {scheme} already picks a diverse batch")
 
     labels = pool.labels
     n_unlabelled = int((labels < 0).sum())
@@ -163,7 +182,10 @@ def select_from_pool(
         if parts is None:
             return None
         scores, probs_top, conf = parts["scores"], parts["top"], parts["conf"]
-        order = rank_by_score(scores, ids[cand])[:n_out]
+        order = rank_by_score(scores, ids[cand])
+        if balance:
+            order = interleave_by_class(order, probs_top)
+        order = order[:n_out]
         return Ranked(cand[order], scores[order], probs_top[order], conf[order], total, n_unlabelled)
 
     # Batch schemes: embed every candidate (and, for coreset, the labelled set), then choose.
@@ -256,6 +278,7 @@ def select_pool(
     scheme: str, n: int, batch_size: int = 32, device: str = "auto", seed: int | None = 0,
     pool_subset: int | None = None, norm: str = "l2", mc_passes: int = 20,
     progress: Progress | None = None, fmt: str = "csv", dist=None, log=None, samples: int = 8,
+    balance: bool = False,
 ) -> dict[str, Any] | None:
     """`cryoal select`: rank the pool's unlabelled particles and write the CSV (and/or STAR) atomically.
 
@@ -264,7 +287,8 @@ def select_pool(
     (see `output_paths`). Under torchrun pass `dist` (`cryoal.distributed.init_distributed`): the
     ranks share the scoring, rank 0 alone writes and returns the summary (None elsewhere), and the
     files are byte-identical to one process's (with the same threads per process). `log` is an
-    optional `cryoal.logjson.EventLog` (start, progress, done events).
+    optional `cryoal.logjson.EventLog` (start, progress, done events). `balance`: see
+    `select_from_pool`.
     """
     import time
 
@@ -287,7 +311,7 @@ def select_pool(
     if dev.type == "cpu":
         use_all_cpu_cores()
     if log is not None:
-        log.emit("start", scheme=scheme, n=n, pool=str(pool_path), model=str(model_path),
+        log.emit("start", scheme=scheme, balance=balance, n=n, pool=str(pool_path), model=str(model_path),
                  world_size=dist.world_size, device=str(dev), outputs=paths)
     model, meta = load_model(model_path, device=dev)
     with open_pool(pool_path) as pool:
@@ -295,7 +319,7 @@ def select_pool(
         ranked = select_from_pool(
             pool, model, scheme=scheme, n=n, batch_size=batch_size, seed=seed,
             pool_subset=pool_subset, norm=norm, mc_passes=mc_passes, progress=progress, dist=dist,
-            samples=samples,
+            samples=samples, balance=balance,
         )
         summary: dict[str, Any] | None = None
 
@@ -315,7 +339,8 @@ def select_pool(
                 write_csv(paths["csv"], {c: columns[c] for c in CSV_COLUMNS})
             top = [{c: columns[c][i] for c in CSV_COLUMNS} for i in range(min(5, len(columns["rank"])))]
             summary = {
-                "scheme": scheme, "n_written": len(columns["rank"]), "n_scored": ranked.n_candidates,
+                "scheme": scheme, "balance": balance, "n_written": len(columns["rank"]),
+                "n_scored": ranked.n_candidates,
                 "n_unlabelled": ranked.n_unlabelled, "output": str(out_csv), "outputs": paths,
                 "world_size": dist.world_size, "seconds": time.perf_counter() - t0, "warnings": warnings,
                 "top": top,
@@ -327,5 +352,5 @@ def select_pool(
     return summary
 
 
-__all__ = ["CSV_COLUMNS", "FORMATS", "Ranked", "candidate_indices", "output_paths", "rank_by_score",
-           "ranked_columns", "select_from_pool", "select_pool"]
+__all__ = ["CSV_COLUMNS", "FORMATS", "Ranked", "candidate_indices", "interleave_by_class", "output_paths",
+           "rank_by_score", "ranked_columns", "select_from_pool", "select_pool"]

@@ -207,6 +207,7 @@ def test_warm_start_runs_and_shares_cycle0(tiny, tmp_path):
     ("extra", "schemes", "cycles", "message"),
     [
         ((), "expected,nope", 2, "unknown scheme 'nope'"),
+        ((), "expected,coreset-balanced", 2, "coreset already picks a diverse batch"),
         (("--budget", "25"), "random", 2, "--budget 25"),
         (("--budget", "6"), "random", 5, "--budget 6"),
         (("--initial", "40"), "random", 2, "--initial 40"),
@@ -242,3 +243,28 @@ def test_split_is_shared_and_deterministic():
     assert np.bincount(truth[a.initial]).tolist() == [2, 2, 2, 2]
     assert not set(a.initial) & set(a.test)
     assert not np.array_equal(loop.make_split(truth, 1, cfg).test, a.test)
+
+
+def test_balanced_variant_selects_with_balance(tiny, tmp_path, monkeypatch):
+    """`expected-balanced` runs `select_from_pool(scheme="expected", balance=True)` beside plain
+    `expected`, from the same cycle-0 model, and is reported under its own name."""
+    import cryoal.select
+
+    calls = []
+    real = cryoal.select.select_from_pool
+
+    def recording(pool, model, **kw):
+        calls.append((kw["scheme"], kw.get("balance", False)))
+        return real(pool, model, **kw)
+
+    monkeypatch.setattr(cryoal.select, "select_from_pool", recording)
+    d, _, _ = tiny
+    out = tmp_path / "o"
+    res = _run(d, out, schemes="expected,expected-balanced", cycles=2)
+    assert res.exit_code == 0, res.output
+    assert sorted(set(calls)) == [("expected", False), ("expected", True)]
+    rows = _curves(out)
+    assert {r["scheme"] for r in rows} == {"expected", "expected-balanced"}
+    assert len({r["accuracy"] for r in rows if r["cycle"] == "0"}) == 1
+    picks = [r for r in _selections(out) if r["scheme"] == "expected-balanced"]
+    assert len(picks) == 4 and len({r["particle_id"] for r in picks}) == 4

@@ -8,31 +8,17 @@ the CSV rows, about 0.5 KB a particle, so 18,000 more particles may add ~10 MB.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from cryoal.io.pool import PoolWriter
+from cryoal.peak_rss import run_cryoal
 
-REPO = Path(__file__).resolve().parents[1]
 BOX = 16
 ALLOWED_GROWTH_MIB = 40  # bookkeeping for 18,000 particles, with margin; the volumes are 281 MiB
 
-RSS_WRAPPER = r"""
-import atexit, os, sys
-def _peak():
-    for line in open("/proc/self/status"):
-        if line.startswith("VmHWM:"):
-            open(os.environ["CRYOAL_RSS_FILE"], "w").write(line.split()[1])
-atexit.register(_peak)
-from cryoal.cli import main
-sys.argv = ["cryoal", *sys.argv[1:]]
-main()
-"""
 
 
 def _pool(path: Path, n: int) -> None:
@@ -56,13 +42,10 @@ def _model(path: Path) -> None:
 
 
 def _peak_mib(tmp_path: Path, args: list[str]) -> float:
-    wrapper = tmp_path / "rss_wrapper.py"
-    wrapper.write_text(RSS_WRAPPER)
-    rss = tmp_path / "rss.txt"
-    env = {**os.environ, "PYTHONPATH": str(REPO), "CRYOAL_RSS_FILE": str(rss)}
-    res = subprocess.run([sys.executable, str(wrapper), *args], capture_output=True, text=True, env=env)
+    res = run_cryoal(args)
     assert res.returncode == 0, res.stderr[-2000:]
-    return int(rss.read_text()) / 1024
+    assert res.peak_mib is not None
+    return res.peak_mib
 
 
 @pytest.fixture(scope="module")

@@ -264,3 +264,55 @@ def test_bald_needs_dropout(env):
                                 torch.nn.Linear(2, 3))
     with open_pool(d / "pool.h5") as pool, pytest.raises(CryoalError, match="dropout"):
         select_mod.select_from_pool(pool, model, scheme="bald", n=2)
+
+
+def _round_robin_reference(order: list[int], predicted: list[int]) -> list[int]:
+    """Obvious class-balanced order: repeatedly walk the classes, in the order their best remaining
+    item appears in `order`, taking each one's best remaining item."""
+    queues: dict[int, list[int]] = {}
+    for i in order:
+        queues.setdefault(predicted[i], []).append(i)
+    out: list[int] = []
+    while any(queues.values()):
+        heads = sorted((q[0] for q in queues.values() if q), key=order.index)
+        for h in heads:
+            queues[predicted[h]].pop(0)
+            out.append(h)
+    return out
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_interleave_by_class_matches_round_robin(seed):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 40))
+    order = rng.permutation(n)
+    predicted = rng.integers(0, int(rng.integers(1, 5)), n)
+    got = select_mod.interleave_by_class(order, predicted)
+    assert got.tolist() == _round_robin_reference(order.tolist(), predicted.tolist())
+
+
+def test_balance_picks_each_predicted_class_in_turn(env, tmp_path):
+    _, plain = select(env, tmp_path, scheme="expected", n=0, name="plain.csv")
+    _, bal = select(env, tmp_path, "--balance", scheme="expected", n=0, name="bal.csv")
+    # the same particles and scores, reordered: round robin over the predicted classes, each
+    # class in score order, and the first pick is still the global best
+    assert {r["particle_id"]: r["score"] for r in plain} == {r["particle_id"]: r["score"] for r in bal}
+    assert bal[0]["particle_id"] == plain[0]["particle_id"]
+    predicted = [r["predicted_label"] for r in plain]
+    assert len(set(predicted)) > 1  # the fixture model predicts several classes
+    want = [plain[i]["particle_id"] for i in _round_robin_reference(list(range(len(plain))), predicted)]
+    assert [r["particle_id"] for r in bal] == want
+    # -n k is the head of the balanced order
+    _, top = select(env, tmp_path, "--balance", scheme="expected", n=4, name="top.csv")
+    assert [r["particle_id"] for r in top] == want[:4]
+    assert [r["rank"] for r in top] == ["1", "2", "3", "4"]
+
+
+@pytest.mark.parametrize("scheme", ["coreset", "badge"])
+def test_balance_refuses_batch_schemes(env, tmp_path, scheme):
+    d, _ = env
+    r = run(d / "pool.h5", "-m", d / "model.pt", "--scheme", scheme, "-n", 3, "-o", tmp_path / "o.csv",
+            "--device", "cpu", "--balance")
+    assert r.exit_code == 1
+    assert "--balance applies to score-based schemes" in _error_line(r)
+    assert not (tmp_path / "o.csv").exists()

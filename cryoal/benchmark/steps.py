@@ -151,11 +151,12 @@ def select_particles(model, data: BenchmarkData, candidates: np.ndarray, labelle
     from cryoal.io.pool import open_pool
     from cryoal.select import select_from_pool
 
+    base = scheme.removesuffix("-balanced")  # `expected-balanced`: `select --balance`
     work = _working_pool(data, candidates, labelled)
     work.set_labels(data.truth, labelled)
     with open_pool(work.path) as pool:
         ranked = select_from_pool(
-            pool, model, scheme=scheme, n=n, batch_size=config.score_batch_size,
+            pool, model, scheme=base, n=n, batch_size=config.score_batch_size, balance=base != scheme,
             seed=splits.torch_seed_for(seed, splits.SELECTION, cycle), norm=config.norm,
             mc_passes=config.mc_passes,
         )

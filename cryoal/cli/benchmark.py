@@ -14,14 +14,27 @@ ALL_SCHEMES = (
 )
 
 
+BALANCED_SUFFIX = "-balanced"  # e.g. expected-balanced: `cryoal select --balance`
+BATCH_SCHEMES = ("coreset", "badge")
+
+
 def parse_schemes(text: str | None, known: tuple[str, ...]) -> list[str]:
-    """`a,b,c` -> a list, in the given order, without repeats; unknown names are an error."""
+    """`a,b,c` -> a list, in the given order, without repeats; unknown names are an error.
+
+    A score-based scheme with the suffix `-balanced` (e.g. `expected-balanced`) is that scheme
+    with class-balanced picks (`cryoal select --balance`), so both can be compared in one run.
+    """
     if not text:
         return list(known)
     names = list(dict.fromkeys(s.strip() for s in text.split(",") if s.strip()))
     for name in names:
-        if name not in known:
-            raise CryoalError(f"--schemes: unknown scheme '{name}'; choose from {', '.join(known)}")
+        base = name.removesuffix(BALANCED_SUFFIX)
+        if base not in known:
+            raise CryoalError(f"--schemes: unknown scheme '{name}'; choose from {', '.join(known)} "
+                              f"(score-based ones also as <scheme>{BALANCED_SUFFIX})")
+        if base != name and base in BATCH_SCHEMES:
+            raise CryoalError(f"--schemes: '{name}': {base} already picks a diverse batch; "
+                              f"{BALANCED_SUFFIX} applies to score-based schemes")
     if not names:
         raise CryoalError("--schemes: no scheme given")
     return names
@@ -61,7 +74,10 @@ def benchmark(
     pool: Path = typer.Argument(..., help="The pool (HDF5), only read: labels are revealed in memory."),
     truth: Path = typer.Option(..., "--truth", help="CSV/STAR: particle_id,label of EVERY pool particle."),
     out: Path = typer.Option(..., "-o", "--out", help="Output directory (created if missing)."),
-    schemes: str = typer.Option(None, "--schemes", help="Comma list of schemes [default: all]."),
+    schemes: str = typer.Option(
+        None, "--schemes", help="Comma list of schemes [default: all]; a score-based scheme with "
+        "-balanced (e.g. expected-balanced) picks class-balanced."
+    ),
     seeds: int = typer.Option(3, "--seeds", help="Number of seeds (0..N-1): splits, initial set, training."),
     initial: int = typer.Option(50, "--initial", help="Initial labelled set (class-balanced, random)."),
     budget: int = typer.Option(50, "--budget", help="Labels added per cycle."),

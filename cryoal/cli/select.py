@@ -36,6 +36,10 @@ def select(
         8, "--samples", help="Segmentation: label maps sampled per image to estimate `expected` "
         "(an estimate; classifiers use the exact sum over classes)."
     ),
+    balance: bool = typer.Option(
+        False, "--balance", help="Class-balanced picks: the best of each predicted class in turn, "
+        "instead of the global top N (score-based schemes)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object on stdout."),
     fmt: str = typer.Option(
         "csv", "--format",
@@ -80,7 +84,7 @@ def select(
             summary = select_pool(
                 pool, model, output, scheme=scheme, n=n, batch_size=batch_size, device=device, seed=seed,
                 pool_subset=pool_subset, norm=norm, mc_passes=mc_passes, progress=progress, fmt=fmt,
-                dist=dist, log=log, samples=samples,
+                dist=dist, log=log, samples=samples, balance=balance,
             )
     finally:
         if dist is not None:
