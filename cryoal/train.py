@@ -240,7 +240,7 @@ def fit(
         net = wrap_for_training(model, dist, dev)
     optimiser = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=epochs, eta_min=lr * 0.01)
-    scaler = torch.amp.GradScaler("cuda", enabled=use_scaler)
+    scaler = torch.amp.GradScaler("cuda", enabled=use_scaler and dev.type == "cuda")  # fp16 on CUDA only
 
     n = len(y_train)
     n_batches = math.ceil(n / batch_size)

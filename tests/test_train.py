@@ -344,14 +344,19 @@ def test_resolve_device_and_amp_settings(monkeypatch) -> None:
 
 
 def test_mixed_precision_path_trains(monkeypatch) -> None:
-    """The autocast branch of `fit` (what CUDA runs) end to end, here with CPU bfloat16 autocast:
-    training, BatchNorm recalibration and evaluation under autocast give float32 metrics."""
-    monkeypatch.setattr(train_mod, "_amp_settings", lambda dev: (torch.bfloat16, False))
+    """The autocast branch of `fit` (what CUDA runs) end to end, here with CPU float16 autocast:
+    training, BatchNorm recalibration and evaluation under autocast give finite float32 metrics.
+
+    float16, not bfloat16: torch 2.13's CPU bfloat16 kernels are not deterministic even on one
+    thread, and under load gave NaN losses in about 1 run in 18 (a CPU kernel issue; cryoal trains
+    in float32 on CPU, so only this test would ever autocast there). CPU float16 was
+    deterministic in every run. (The GradScaler it asks for is CUDA-only: `fit` leaves it off here.)"""
+    monkeypatch.setattr(train_mod, "_amp_settings", lambda dev: (torch.float16, True))
     x, y = blobs(16, box=8, seed=0)
     xv, yv = blobs(8, box=8, seed=1)
     model, metrics = fit(x, y, xv, yv, arch="rb3d", n_classes=2, epochs=2, batch_size=8, seed=0,
                          device="cpu", arch_kwargs={"width": 8})
-    assert metrics["amp"] == "bfloat16" and metrics["epochs_run"] == 2
+    assert metrics["amp"] == "float16" and metrics["epochs_run"] == 2
     assert all(np.isfinite(h["train_loss"]) and np.isfinite(h["val_loss"]) for h in metrics["history"])
     assert all(p.dtype == torch.float32 for p in model.parameters())  # autocast leaves weights float32
 
