@@ -14,15 +14,7 @@ import cryoal
 from cryoal.errors import CryoalError
 from cryoal.scoring import SCHEMES, diversity, uncertainty
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors gain nothing from threads, and on a shared CPU OpenMP spin-waits cost a lot
-    (measured: the reference loop on 8^3 inputs ran 10x slower with 2 threads on a busy machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _probs(n=12, c=4, seed=0):

@@ -21,18 +21,7 @@ BOX = 16
 PER_CLASS = 12
 CLASSES = 3
 
-
-@pytest.fixture(autouse=True)
-def one_thread(monkeypatch):
-    """Tiny tensors on a shared 2-core machine: one torch thread avoids OpenMP contention (7x faster)."""
-    import torch
-
-    import cryoal.train
-
-    threads = torch.get_num_threads()
-    monkeypatch.setattr(cryoal.train, "use_all_cpu_cores", lambda: (torch.set_num_threads(1), 1)[1])
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_train_thread")
 
 
 @pytest.fixture(scope="module")

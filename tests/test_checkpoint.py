@@ -19,14 +19,7 @@ KEYS = {
     "state_dict", "metrics", "cryoal_version", "arch_kwargs",
 }
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensors gain nothing from threads, and on a shared CPU OpenMP spin-waits cost 10x."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _model_and_meta():

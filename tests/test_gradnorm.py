@@ -16,15 +16,7 @@ from cryoal.scoring.reference import reference_scores, reference_scores_by_norm
 
 RTOL = 1e-4
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors gain nothing from threads, and on a shared CPU OpenMP spin-waits cost a lot
-    (measured: the reference loop on 8^3 inputs ran 10x slower with 2 threads on a busy machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _randomise_bn(model: nn.Module, gen: torch.Generator) -> nn.Module:

@@ -76,18 +76,6 @@ def test_missing_directory_is_a_user_error(tmp_path):
 BOX, PER_CLASS = 8, 12
 
 
-@pytest.fixture(autouse=False)
-def one_thread(monkeypatch):
-    """Tiny tensors on a shared 2-core machine: one torch thread avoids OpenMP contention."""
-    import torch
-
-    import cryoal.train
-
-    threads = torch.get_num_threads()
-    monkeypatch.setattr(cryoal.train, "use_all_cpu_cores", lambda: (torch.set_num_threads(1), 1)[1])
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def blobs(tmp_path_factory):
@@ -119,7 +107,7 @@ def _invoke(*args):
     return res
 
 
-def test_train_and_select_log_epochs_progress_and_timings(blobs, tmp_path, one_thread):
+def test_train_and_select_log_epochs_progress_and_timings(blobs, tmp_path, one_train_thread):
     log = tmp_path / "train.jsonl"
     _invoke("train", blobs / "pool.h5", "-o", tmp_path / "m.pt", "--epochs", "2", "--batch-size", "4",
             "--val-fraction", "0", "--device", "cpu", "--arch", "resnet3d", "--log-json", log)
@@ -142,7 +130,7 @@ def test_train_and_select_log_epochs_progress_and_timings(blobs, tmp_path, one_t
     assert events[-1]["outputs"] == {"csv": str(tmp_path / "s.csv")}
 
 
-def test_benchmark_logs_progress_cycles_and_summary(blobs, tmp_path, one_thread):
+def test_benchmark_logs_progress_cycles_and_summary(blobs, tmp_path, one_train_thread):
     log = tmp_path / "bench.jsonl"
     _invoke("benchmark", blobs / "pool.h5", "--truth", blobs / "truth.csv", "-o", tmp_path / "b",
             "--schemes", "random", "--seeds", "1", "--cycles", "2", "--initial", "6", "--budget", "3",

@@ -10,11 +10,10 @@ import mrcfile
 import numpy as np
 import pytest
 import torch
+from cli_helpers import SCHEMES, assert_one_error, cli
 from PIL import Image
-from typer.testing import CliRunner
 
 from cryoal import load_model, score
-from cryoal.cli import app
 from cryoal.io.images import read_mask
 from cryoal.io.pool import open_pool
 from cryoal.io.tables import read_table
@@ -22,26 +21,7 @@ from cryoal.masks import mask_labels, mean_iou, pixel_confusion
 from cryoal.preprocess import zscore
 from cryoal.simulate.membranes import simulate_membranes
 
-SCHEMES = ("expected", "entropy", "random", "max-entropy", "margin", "least-confidence", "bald",
-           "coreset", "badge")
-
-
-def cli(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
-
-
-def assert_one_error(res, *culprits: str) -> None:
-    assert res.exit_code == 1, res.output
-    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr
-    assert "Traceback" not in res.output
-    for c in culprits:
-        assert c in lines[0], (c, lines[0])
-
-
-@pytest.fixture(autouse=True)
-def one_thread(monkeypatch):
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # a busy shared 2-core box: threads only slow down
+pytestmark = pytest.mark.usefixtures("one_omp_thread")
 
 
 @pytest.fixture(scope="module")

@@ -10,14 +10,7 @@ from cryoal.errors import CryoalError
 from cryoal.models import ARCHS, DEFAULT_ARCH, build_model
 from cryoal.modes import get_mode
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small tensors gain nothing from threads, and on a shared CPU OpenMP spin-waits cost 10x."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _randomise_bn(model: nn.Module, gen: torch.Generator) -> None:

@@ -22,11 +22,7 @@ from cryoal.models import build_model
 NAMES = ["ribosome", "proteasome", "membrane"]
 BOX = 10
 
-
-@pytest.fixture(autouse=True)
-def _one_thread(monkeypatch):
-    """Tiny tensors gain nothing from threads, and on a shared CPU OpenMP spin-waits cost 10x."""
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+pytestmark = pytest.mark.usefixtures("one_omp_thread")
 
 
 def make_pool(path: Path, n: int, box: int = BOX, mode: str = "subtomogram") -> None:

@@ -31,11 +31,7 @@ IDS = [f"p{i:02d}" for i in np.random.default_rng(7).permutation(N)]
 LABELLED = {0: 0, 3: 1, 8: 2, 11: 0, 20: 1}  # pool row -> class
 DUPLICATE = (5, 17)  # two unlabelled rows with the same volume: tied scores
 
-
-@pytest.fixture(autouse=True)
-def _one_thread(monkeypatch):
-    """Tiny tensors gain nothing from threads, and on a shared CPU OpenMP spin-waits cost a lot."""
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+pytestmark = pytest.mark.usefixtures("one_omp_thread")
 
 
 def make_pool(path: Path, *, labels: dict | None = None, box: int = BOX, mode: str = "subtomogram") -> None:

@@ -23,11 +23,7 @@ from cryoal.train import confusion_matrix, fit, recalibrate_batchnorm, stratifie
 
 NAMES = ["ball", "pair"]
 
-
-@pytest.fixture(autouse=True)
-def _one_thread(monkeypatch):
-    """Tiny tensors gain nothing from threads, and on a shared CPU OpenMP spin-waits cost 10x."""
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+pytestmark = pytest.mark.usefixtures("one_omp_thread")
 
 
 def blobs(n: int, box: int = 16, seed: int = 0, noise: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
