@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cryoal.benchmark.report import CurveRow, curve_arrays, read_curves, summarize  # noqa: E402
+from cryoal.benchmark.report import CurveRow, curve_arrays, read_curves, seed_band, summarize  # noqa: E402
 from cryoal.io.atomic import atomic_open, atomic_path  # noqa: E402
 
 
@@ -129,24 +129,19 @@ def plot(blocks, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
 
     fig, axes = plt.subplots(1, len(blocks), figsize=(4.2 * len(blocks), 3.8), sharey=False,
                              constrained_layout=True, squeeze=False)
     schemes = list(dict.fromkeys(r.scheme for _, rows, _ in blocks for r in rows))
     for ax, (snr, rows, _) in zip(axes[0], blocks, strict=True):
         for k, scheme in enumerate(schemes):
-            seeds = sorted({r.seed for r in rows if r.scheme == scheme})
-            curves = [curve_arrays(rows, scheme, s) for s in seeds]
-            if not curves:
+            band = seed_band(rows, scheme)
+            if band is None:
                 continue
-            m = min(len(c[0]) for c in curves)
-            acc = np.stack([c[1][:m] for c in curves])
-            mean = acc.mean(0)
-            std = acc.std(0, ddof=1) if len(curves) > 1 else np.zeros(m)
+            n, mean, std = band[0], band[1][0], band[2][0]  # accuracy
             style = "-" if scheme in ("expected", "entropy") else "--"
-            ax.plot(curves[0][0][:m], mean, style, marker="o", ms=3, color=f"C{k}", label=scheme)
-            ax.fill_between(curves[0][0][:m], mean - std, mean + std, color=f"C{k}", alpha=0.12, lw=0)
+            ax.plot(n, mean, style, marker="o", ms=3, color=f"C{k}", label=scheme)
+            ax.fill_between(n, mean - std, mean + std, color=f"C{k}", alpha=0.12, lw=0)
         ax.set_title(f"SNR {snr}")
         ax.set_xlabel("labelled particles")
         ax.grid(alpha=0.3)

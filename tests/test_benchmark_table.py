@@ -51,3 +51,22 @@ def test_table_uses_complete_paired_seeds_and_ignores_logs(table, tmp_path):
     paired = table.paired_vs_random(blocks)
     # inf: random 0.7 and 0.45 -> differences +0.1, +0.3 (2 wins of 2); 0.1: +0.15 (1 of 1)
     assert "+0.200 ± 0.141 (2/2)" in paired and "+0.150 ± 0.000 (1/1)" in paired
+
+
+def test_seed_band_is_the_mean_and_sample_std_over_seeds_on_the_common_cycles():
+    from statistics import mean, stdev
+
+    from cryoal.benchmark.report import seed_band
+
+    acc = {0: [0.2, 0.5, 0.7], 1: [0.4, 0.6]}  # seed 1 was interrupted after 2 cycles
+    rows = [CurveRow("a", s, c, 10 + 5 * c, v, v / 2) for s, vals in acc.items() for c, v in enumerate(vals)]
+    rows.append(CurveRow("b", 0, 0, 10, 0.9, 0.8))
+    n, means, stds = seed_band(list(reversed(rows)), "a")
+    assert n.tolist() == [10, 15]
+    for c in range(2):
+        pair = [acc[0][c], acc[1][c]]
+        assert means[0][c] == pytest.approx(mean(pair)) and stds[0][c] == pytest.approx(stdev(pair))
+        assert means[1][c] == pytest.approx(mean(pair) / 2) and stds[1][c] == pytest.approx(stdev(pair) / 2)
+    n, means, stds = seed_band(rows, "b")  # one seed: zero spread
+    assert means.tolist() == [[0.9], [0.8]] and stds.tolist() == [[0.0], [0.0]]
+    assert seed_band(rows, "missing") is None

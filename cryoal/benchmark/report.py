@@ -153,6 +153,22 @@ def curve_arrays(
     )
 
 
+def seed_band(
+    rows: Sequence[CurveRow], scheme: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """(n_labeled (M,), mean (2, M), std (2, M)) over seeds of one scheme's accuracy (row 0) and
+    macro-F1 (row 1) curves; None when the scheme has no rows. Seeds may have finished different
+    numbers of cycles (an interrupted run): only the common part is kept."""
+    seeds = sorted({r.seed for r in rows if r.scheme == scheme})
+    curves = [curve_arrays(rows, scheme, s) for s in seeds]
+    if not curves:
+        return None
+    m = min(len(c[0]) for c in curves)
+    vals = np.stack([np.stack([c[1][:m], c[2][:m]]) for c in curves])  # (seeds, 2, M)
+    std = vals.std(axis=0, ddof=1) if len(curves) > 1 else np.zeros(vals.shape[1:])
+    return curves[0][0][:m], vals.mean(axis=0), std
+
+
 def summarize(rows: Sequence[CurveRow], schemes: Sequence[str] | None = None) -> list[SchemeSummary]:
     """Per scheme: AUBC of each seed's accuracy curve and its final accuracy, mean ± std over seeds."""
     if schemes is None:
@@ -213,17 +229,12 @@ def plot_curves(path: str | os.PathLike, rows: Sequence[CurveRow], schemes: Sequ
         schemes = list(dict.fromkeys(r.scheme for r in rows))
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
     for k, scheme in enumerate(schemes):
-        seeds = sorted({r.seed for r in rows if r.scheme == scheme})
-        curves = [curve_arrays(rows, scheme, s) for s in seeds]
-        if not curves:
+        band = seed_band(rows, scheme)
+        if band is None:
             continue
-        # seeds may have finished different numbers of cycles (interrupted run): plot the common part
-        m = min(len(c[0]) for c in curves)
-        n = curves[0][0][:m]
+        n, means, stds = band
         color = f"C{k % 10}"
-        for ax, which in zip(axes, (1, 2), strict=True):
-            vals = np.stack([c[which][:m] for c in curves])
-            mean, std = vals.mean(axis=0), vals.std(axis=0, ddof=1) if len(curves) > 1 else np.zeros(m)
+        for ax, mean, std in zip(axes, means, stds, strict=True):
             ax.plot(n, mean, "-o", ms=3, color=color, label=scheme)
             ax.fill_between(n, mean - std, mean + std, color=color, alpha=0.15, linewidth=0)
     for ax, name in zip(axes, ("test accuracy", "test macro-F1"), strict=True):
