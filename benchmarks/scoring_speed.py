@@ -29,6 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cryoal.models import ARCHS, DEFAULT_ARCH, build_model  # noqa: E402
+from cryoal.scoring import gram  # noqa: E402
 from cryoal.scoring.gradnorm import chunk_size, gradnorm_scores, largest_conv_output  # noqa: E402
 from cryoal.scoring.reference import reference_scores  # noqa: E402
 
@@ -64,9 +65,17 @@ def bench_arch(arch: str, args, device: torch.device) -> dict:
         with torch.no_grad():
             model(x)
 
+    def unfused():
+        gram.FUSE_STEMS = False
+        try:
+            gradnorm_scores(model, x)
+        finally:
+            gram.FUSE_STEMS = True
+
     methods = {
         "inference": (infer, args.batch),
         "expected+entropy": (lambda: gradnorm_scores(model, x), args.batch),
+        "expected+entropy, stem not fused": (unfused, args.batch),
         "entropy": (lambda: gradnorm_scores(model, x, schemes=("entropy",)), args.batch),
         "loop (expected)": (lambda: reference_scores(model, xl, schemes=("expected",)), len(xl)),
     }
@@ -97,6 +106,8 @@ def report(res: dict) -> None:
     speedup = ps['loop (expected)'] / ps['expected+entropy']
     print(f"expected speed-up over the per-sample loop: {speedup:.2f}x")
     print(f"expected+entropy / inference time: {ps['expected+entropy'] / ps['inference']:.2f}x")
+    fusion = ps['expected+entropy, stem not fused'] / ps['expected+entropy']
+    print(f"stem fusion speed-up (1.00x: the arch has no fusable stem): {fusion:.2f}x")
     print(f"entropy alone / inference time:    {ps['entropy'] / ps['inference']:.2f}x")
     print(f"max relative difference engine vs loop: {res['max_rel_err']:.1e}")
 

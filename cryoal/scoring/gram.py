@@ -31,11 +31,15 @@ import torch
 from torch import Tensor, nn
 from torch.autograd.graph import get_gradient_edge
 
+from cryoal.scoring.fused import find_stem_chains
 from cryoal.scoring.layers import Handler, gram_of, make_handler
 
 SeedFn = Callable[[Tensor], Tensor]
 # Samples per vmap call on the generic path (bounds its memory).
 FALLBACK_CHUNK = 8
+# Fuse a leading conv -> BatchNorm -> ReLU -> max-pool block's backward (see `fused.py`).
+# Off only to measure or test the unfused path.
+FUSE_STEMS = True
 
 
 @dataclass
@@ -217,18 +221,30 @@ def _gram_batch(model: nn.Module, x: Tensor, seed_fn: SeedFn, per_tensor: bool) 
             elif n_live == 0:
                 del plan.handlers[module]  # unused: zero gradient
         active = {n for n, (m, h, c, _) in taps.items() if plan.handlers.get(m) is h and c["live"]}
-        stops = [taps[n][3] for n in _earliest(order, active)]
+        earliest = _earliest(order, active)
+        chains = find_stem_chains(order, taps, plan.handlers, earliest) if FUSE_STEMS else []
+        fused = {c.conv_node for c in chains}
+        for chain in chains:  # their parameters' Grams come from the pool-output gradients
+            del plan.handlers[chain.conv.module], plan.handlers[chain.norm.module]
+        stops = [taps[n][3] for n in earliest if n not in fused] + [c.stop for c in chains]
         for handler in plan.handlers.values():
             handler.prepare(n_seeds)
+        pooled: list[list[Tensor]] = [[] for _ in chains]
         for s in range(n_seeds if stops else 0):
             state["seed"] = s
-            torch.autograd.grad(output, stops, seeds[:, s], retain_graph=s < n_seeds - 1)
+            grads = torch.autograd.grad(output, stops, seeds[:, s], retain_graph=s < n_seeds - 1)
+            for k in range(len(chains)):
+                pooled[k].append(grads[len(stops) - len(chains) + k])
     else:
         plan.handlers.clear()
+        chains, pooled = [], []
     del output
     taps.clear()  # drop the graph edges and saved inputs before the Gram work
 
     grams: dict[str, Tensor] = {}
+    for chain, per_seed in zip(chains, pooled, strict=True):
+        grams.update(chain.grams(torch.stack(per_seed, dim=1)))
+    del chains, pooled
     for handler in plan.handlers.values():
         grams.update(handler.grams())
     if plan.fallback:
