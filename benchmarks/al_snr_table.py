@@ -108,6 +108,43 @@ def markdown_table(blocks: list[tuple[str, list[CurveRow], dict]]) -> str:
     return "\n".join(lines)
 
 
+def pick_balance(results: Path, blocks) -> str:
+    """How class-skewed each scheme's picks are: over all its selection rounds of one seed, the
+    share of the most-picked TRUE class, mean over seeds (1/C = perfectly balanced), and how many
+    classes it never picked (summed over seeds). Needs the truth file named in run.json; SNRs whose
+    truth file is gone are left out."""
+    import csv
+    from collections import Counter
+
+    cols, cells = [], {}
+    for snr, rows, run in blocks:
+        truth_path, sel_path = Path(run.get("truth", "")), results / f"snr_{snr}" / "selections.csv"
+        if not (truth_path.is_file() and sel_path.is_file()):
+            continue
+        with open(truth_path, newline="") as fh:
+            truth = {r["particle_id"]: r["label"] for r in csv.DictReader(fh)}
+        seeds = {r.seed for r in rows}
+        picks: dict[tuple[str, int], Counter] = {}
+        with open(sel_path, newline="") as fh:
+            for r in csv.DictReader(fh):
+                if int(r["seed"]) in seeds:
+                    picks.setdefault((r["scheme"], int(r["seed"])), Counter())[truth[r["particle_id"]]] += 1
+        n_classes = len(run.get("class_names", [])) or len(set(truth.values()))
+        cols.append(snr)
+        for scheme in dict.fromkeys(k[0] for k in picks):
+            counts = [c for (s, _), c in picks.items() if s == scheme]
+            top = sum(max(c.values()) / sum(c.values()) for c in counts) / len(counts)
+            missing = sum(n_classes - len(c) for c in counts)
+            cells[(scheme, snr)] = f"{top:.0%} / {missing}"
+    if not cols:
+        return ""
+    schemes = list(dict.fromkeys(k[0] for k in cells))
+    lines = ["| scheme | " + " | ".join(f"SNR {c}" for c in cols) + " |", "|---|" + "---:|" * len(cols)]
+    for name in schemes:
+        lines.append(f"| {name} | " + " | ".join(cells.get((name, c), "–") for c in cols) + " |")
+    return "\n".join(lines)
+
+
 def settings_line(blocks) -> str:
     """One line with the settings shared by the runs (from run.json)."""
     if not blocks or not blocks[0][2]:
@@ -115,10 +152,15 @@ def settings_line(blocks) -> str:
     run = blocks[0][2]
     o = run["options"]
     n_seeds = ", ".join(f"SNR {snr}: {len({r.seed for r in rows})}" for snr, rows, _ in blocks)
+    training = f"{o['epochs']} epochs from scratch each cycle"
+    if o.get("warm_start"):
+        warm = o.get("warm_epochs") or o["epochs"]
+        training = (f"{o['epochs']} epochs from scratch at cycle 0, then {warm} epochs fine-tuning "
+                    "the previous model each cycle")
     return (
         f"{run.get('n_particles')} particles ({len(run.get('class_names', []))} classes) per SNR; "
         f"test fraction {o['test_fraction']}; initial {o['initial']}, budget {o['budget']} x "
-        f"{o['cycles'] - 1} rounds; {o['epochs']} epochs from scratch each cycle, arch {o['arch']}"
+        f"{o['cycles'] - 1} rounds; {training}, arch {o['arch']}"
         f"{' width ' + str(o['width']) if o.get('width') else ''}; complete seeds ({n_seeds})."
     )
 
@@ -168,6 +210,10 @@ def main() -> None:
         "mean ± std over seeds, (seeds where the scheme beat random / seeds):\n\n"
         + paired_vs_random(blocks) + "\n"
     )
+    balance = pick_balance(args.results, blocks)
+    if balance:
+        text += ("\nClass skew of the picks: share of the most-picked true class over a seed's selection "
+                 "rounds, mean over seeds / classes never picked, summed over seeds:\n\n" + balance + "\n")
     with atomic_open(args.results / "table.md", "w") as fh:
         fh.write(text)
     print(text)
