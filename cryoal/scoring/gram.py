@@ -16,6 +16,10 @@ into per-sample Gram contributions (see `layers.py`). Parameters of layer types 
 not know, or used in ways it cannot see, take a generic path: per-sample gradients by
 `torch.func.vmap(grad)` over chunks of the batch. That path is slower but exact.
 
+A leading conv -> BatchNorm -> ReLU -> max-pool block (a CNN stem at full resolution) is not
+differentiated through: each seed's backward stops at the pool output and `fused.py` forms the
+block's per-sample gradients there, from the argmax voxels only.
+
 The model is scored in eval mode (BatchNorm in train mode would mix samples), and restored after.
 Models whose eval-mode forward still couples samples (BatchNorm without running statistics) are
 scored one sample at a time.
