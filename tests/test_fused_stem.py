@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from model_helpers import randomise_batchnorm
 from torch import nn
 
 import cryoal.scoring.fused as fused
@@ -51,16 +52,7 @@ def _model(**kw) -> nn.Module:
     torch.manual_seed(0)
     kw.setdefault("act", nn.ReLU(inplace=True))
     kw.setdefault("pool", nn.MaxPool3d(2))
-    model = StemNet(**kw)
-    gen = torch.Generator().manual_seed(3)
-    for m in model.modules():  # non-trivial running statistics and affine parameters
-        if isinstance(m, nn.BatchNorm3d):
-            c = m.num_features
-            m.running_mean.copy_(torch.rand(c, generator=gen) - 0.5)
-            m.running_var.copy_(torch.rand(c, generator=gen) + 0.5)
-            with torch.no_grad():
-                m.weight.copy_(torch.rand(c, generator=gen) + 0.5)
-                m.bias.copy_(torch.rand(c, generator=gen) - 0.5)
+    model = randomise_batchnorm(StemNet(**kw), torch.Generator().manual_seed(3))
     return model.eval()
 
 

@@ -7,6 +7,7 @@ import copy
 import numpy as np
 import pytest
 import torch
+from model_helpers import randomise_batchnorm
 from torch import nn
 
 import cryoal.scoring.layers as layers
@@ -17,19 +18,6 @@ from cryoal.scoring.reference import reference_scores, reference_scores_by_norm
 RTOL = 1e-4
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-def _randomise_bn(model: nn.Module, gen: torch.Generator) -> nn.Module:
-    """Give every BatchNorm non-trivial statistics and affine parameters (as after training)."""
-    for m in model.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None:
-            c = m.num_features
-            m.running_mean.copy_(torch.rand(c, generator=gen) - 0.5)
-            m.running_var.copy_(torch.rand(c, generator=gen) + 0.5)
-            with torch.no_grad():
-                m.weight.copy_(torch.rand(c, generator=gen) + 0.5)
-                m.bias.copy_(torch.rand(c, generator=gen) - 0.5)
-    return model
 
 
 class Scale(nn.Module):
@@ -156,7 +144,7 @@ ARCHS = {
 
 def _make(name: str, seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
-    return _randomise_bn(ARCHS[name](), torch.Generator().manual_seed(seed + 1))
+    return randomise_batchnorm(ARCHS[name](), torch.Generator().manual_seed(seed + 1))
 
 
 def _batch(n: int = 5, box: int = 8, seed: int = 1) -> torch.Tensor:
@@ -202,7 +190,7 @@ def test_registry_models_match_reference(arch, kw, box):
     from cryoal.models import build_model
 
     torch.manual_seed(0)
-    model = _randomise_bn(build_model(arch, (box,) * 3, 4, **kw), torch.Generator().manual_seed(3))
+    model = randomise_batchnorm(build_model(arch, (box,) * 3, 4, **kw), torch.Generator().manual_seed(3))
     x = _batch(3, box=box)
     for norm, ref in reference_scores_by_norm(model, x).items():
         _assert_close(gradnorm_scores(model, x, norm=norm).scores, ref)
@@ -298,7 +286,7 @@ def test_generic_seeds_on_a_dense_output():
     """The engine core takes any per-sample seeds on any output shape (e.g. per-pixel logits)."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.Tanh(), nn.Conv2d(4, 3, 1))
-    _randomise_bn(model, torch.Generator().manual_seed(0))
+    randomise_batchnorm(model, torch.Generator().manual_seed(0))
     model.eval()
     x = torch.randn(3, 1, 6, 6)
     seeds = torch.randn(3, 2, 3, 6, 6)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from model_helpers import randomise_batchnorm
 from torch import nn
 
 from cryoal.errors import CryoalError
@@ -13,22 +14,12 @@ from cryoal.modes import get_mode
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def _randomise_bn(model: nn.Module, gen: torch.Generator) -> None:
-    """Give BatchNorm non-trivial running statistics and affine params, as after training."""
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm3d):
-            m.running_mean.copy_(torch.randn(m.num_features, generator=gen) * 0.1)
-            m.running_var.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
-            m.weight.data.copy_(torch.rand(m.num_features, generator=gen) + 0.5)
-            m.bias.data.copy_(torch.randn(m.num_features, generator=gen) * 0.1)
-
-
 @pytest.mark.parametrize("arch", sorted(ARCHS))
 @pytest.mark.parametrize("box", [16, 32])
 def test_shapes_and_head_identity(arch: str, box: int) -> None:
     torch.manual_seed(0)
     model = build_model(arch, (box, box, box), 5).eval()
-    _randomise_bn(model, torch.Generator().manual_seed(1))
+    randomise_batchnorm(model, torch.Generator().manual_seed(1))
     x = torch.randn(3, 1, box, box, box)
     with torch.no_grad():
         logits = model(x)
