@@ -8,14 +8,15 @@
 # TIME: the target is < 2 h (full) and < 10 min (quick) on the 2-core CPU. The sizes below were
 # chosen for it from measured costs (rb3d, one core: ~0.04 s per particle-epoch of training at
 # width 32, ~0.02 at width 16; an expected-gradnorm selection over ~270 candidates with 10 classes
-# ~40 s); the README gives the measured wall time of each variant.
+# ~40 s). Measured: --quick 450 s; full 4,916 s for the 7 baseline schemes plus ~1,500 s (two
+# lanes) for the two class-balanced variants, about 107 min in all (README, "The SNR study").
 # Training: cycle 0 trains from scratch for EPOCHS; later cycles fine-tune the previous cycle's
 # model for WARM epochs (--warm-start), which is what keeps 7 schemes x 3 seeds x 4 SNRs inside
 # the budget. WARM= (empty) trains every cycle from scratch.
 #
 # Data: box 32, 10 Å voxels, a ±60° missing wedge, CTF at 5 µm underfocus, Gaussian noise at each
 # SNR. Same simulation seed (hence the same poses) at every SNR; only the noise level differs.
-# Per SNR: `cryoal simulate` -> `cryoal ingest` -> `cryoal benchmark` (3 seeds, 7 schemes).
+# Per SNR: `cryoal simulate` -> `cryoal ingest` -> `cryoal benchmark` (3 seeds, 7 schemes; 9 in full).
 # The SNR levels run in LANES lanes (default 2), pinned round robin to the cores (taskset); one
 # lane per core
 # faster than two threads per run: these models are small and per-op threading overhead dominates.
@@ -36,17 +37,21 @@ for arg in "$@"; do
   esac
 done
 
-SCHEMES=${SCHEMES:-expected,entropy,random,max-entropy,bald,coreset,badge}
+# the issue's 7 schemes; the full study adds gradnorm with class-balanced picking (`select --balance`)
+BASE_SCHEMES=expected,entropy,random,max-entropy,bald,coreset,badge
 # SNRS="0.1 0.05" (env) runs a subset of the levels, e.g. to finish a reduced study in less time
 read -r -a SNRS <<< "${SNRS:-inf 0.1 0.05 0.03}"
 if [[ $VARIANT == quick ]]; then
-  D_CLASSES=5; D_PER_CLASS=30; D_INITIAL=15; D_BUDGET=10; D_CYCLES=2; D_EPOCHS=15; D_WARM=5; D_WIDTH=16
+  D_CLASSES=5; D_PER_CLASS=24; D_INITIAL=10; D_BUDGET=10; D_CYCLES=3; D_EPOCHS=15; D_WARM=5; D_WIDTH=16
+  D_SCHEMES=$BASE_SCHEMES
 else
   D_CLASSES=10; D_PER_CLASS=40; D_INITIAL=50; D_BUDGET=25; D_CYCLES=3; D_EPOCHS=20; D_WARM=8; D_WIDTH=
+  D_SCHEMES=$BASE_SCHEMES,expected-balanced,entropy-balanced
 fi
 # Batch 8: with tens of labels, batch 16 and 10-15 epochs is only 10-40 optimizer steps and every
 # model stayed at chance (benchmarks/results/partial_bs16_e10).
 # each size can be overridden from the environment (a reduced run: give it its own NAME)
+SCHEMES=${SCHEMES:-$D_SCHEMES}
 CLASSES=${CLASSES:-$D_CLASSES}; PER_CLASS=${PER_CLASS:-$D_PER_CLASS}; INITIAL=${INITIAL:-$D_INITIAL}
 BUDGET=${BUDGET:-$D_BUDGET}; CYCLES=${CYCLES:-$D_CYCLES}; EPOCHS=${EPOCHS:-$D_EPOCHS}; MC=${MC:-10}
 BATCH=${BATCH:-8}; WARM=${WARM-$D_WARM}
