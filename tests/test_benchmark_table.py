@@ -2,23 +2,18 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
+from script_helpers import load_benchmark_script
 
 from cryoal.benchmark.report import CurveRow, write_curves
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "al_snr_table.py"
 
 
 @pytest.fixture(scope="module")
 def table():
-    spec = importlib.util.spec_from_file_location("al_snr_table", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return load_benchmark_script("al_snr_table")
 
 
 def _snr_dir(root: Path, snr: str, curves: dict[tuple[str, int], list[float]], cycles: int) -> None:
