@@ -52,8 +52,9 @@ def top_share(labels: np.ndarray) -> float:
     return float(np.bincount(labels).max() / labels.size) if labels.size else float("nan")
 
 
-def scores_and_features(model, data, rows: np.ndarray, batch: int = 32):
-    """(probabilities, expected scores, penultimate feature norms) of the given pool rows."""
+def scores_and_features(model, data, rows: np.ndarray, batch: int = 32, with_scores: bool = True):
+    """(probabilities, expected scores, penultimate feature norms) of the given pool rows
+    (scores empty when `with_scores` is False: calibration needs only the probabilities)."""
     import torch
 
     from cryoal.scoring import as_model_input, score
@@ -67,8 +68,10 @@ def scores_and_features(model, data, rows: np.ndarray, batch: int = 32):
             logits, feats = penultimate(model, x)
         probs.append(torch.softmax(logits.double(), dim=1).numpy())
         feat_norm.append(feats.double().norm(dim=1).numpy())
-        expected.append(score(model, x, "expected"))
-    return np.concatenate(probs), np.concatenate(expected), np.concatenate(feat_norm)
+        if with_scores:
+            expected.append(score(model, x, "expected"))
+    return (np.concatenate(probs), np.concatenate(expected) if expected else np.empty(0),
+            np.concatenate(feat_norm))
 
 
 def diagnose_seed(data, config, seed: int, top: int) -> dict:
@@ -81,7 +84,7 @@ def diagnose_seed(data, config, seed: int, top: int) -> dict:
 
     split = make_split(data.truth, seed, config)
     model = train_model(data, split.initial, config, seed, 0)
-    test_p, _, _ = scores_and_features(model, data, split.test)
+    test_p, _, _ = scores_and_features(model, data, split.test, with_scores=False)
     truth_test = data.truth[split.test]
     pred_test = test_p.argmax(axis=1)
     conf = test_p.max(axis=1)
