@@ -18,8 +18,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cryoal.benchmark.report import CurveRow, curve_arrays, read_curves, seed_band, summarize  # noqa: E402
+from cryoal.benchmark.report import (  # noqa: E402
+    CurveRow,
+    curve_arrays,
+    read_curves,
+    read_selections,
+    seed_band,
+    summarize,
+)
 from cryoal.io.atomic import atomic_open, atomic_path  # noqa: E402
+from cryoal.io.tables import read_table  # noqa: E402
 
 
 def snr_key(path: Path) -> float:
@@ -113,7 +121,6 @@ def pick_balance(results: Path, blocks) -> str:
     share of the most-picked TRUE class, mean over seeds (1/C = perfectly balanced), and how many
     classes it never picked (summed over seeds). Needs the truth file named in run.json; SNRs whose
     truth file is gone are left out."""
-    import csv
     from collections import Counter
 
     cols, cells = [], {}
@@ -121,14 +128,13 @@ def pick_balance(results: Path, blocks) -> str:
         truth_path, sel_path = Path(run.get("truth", "")), results / f"snr_{snr}" / "selections.csv"
         if not (truth_path.is_file() and sel_path.is_file()):
             continue
-        with open(truth_path, newline="") as fh:
-            truth = {r["particle_id"]: r["label"] for r in csv.DictReader(fh)}
+        table = read_table(truth_path)
+        truth = dict(zip(table["particle_id"], table["label"], strict=True))
         seeds = {r.seed for r in rows}
         picks: dict[tuple[str, int], Counter] = {}
-        with open(sel_path, newline="") as fh:
-            for r in csv.DictReader(fh):
-                if int(r["seed"]) in seeds:
-                    picks.setdefault((r["scheme"], int(r["seed"])), Counter())[truth[r["particle_id"]]] += 1
+        for sel in read_selections(sel_path):
+            if sel.seed in seeds:
+                picks.setdefault((sel.scheme, sel.seed), Counter())[truth[sel.particle_id]] += 1
         n_classes = len(run.get("class_names", [])) or len(set(truth.values()))
         cols.append(snr)
         for scheme in dict.fromkeys(k[0] for k in picks):
