@@ -9,7 +9,9 @@ accuracy printed next to the one in curves.csv checks that). It then measures, o
 selection round's candidates:
 
 - calibration on the test split: mean confidence vs accuracy, expected calibration error (10
-  equal-width bins) and the negative log-likelihood. Only the test split is read, nothing is tuned.
+  equal-width bins) and the negative log-likelihood, of the raw softmax and of the softmax at the
+  temperature `cryoal train` fitted on the model's own validation split (T; 1 when the run used
+  no validation split). Only the test split is read, nothing is tuned on it.
 - what the model predicts: the share of the candidates given the most-predicted class.
 - what `expected` picks (the top `--top`, the benchmark's budget): the share of the most common
   TRUE class among them, and the share predicted as the model's most-predicted class.
@@ -37,14 +39,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 def ece(confidence: np.ndarray, correct: np.ndarray, bins: int = 10) -> float:
     """Expected calibration error: sum over equal-width confidence bins of |acc - conf| x bin share."""
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    which = np.clip(np.digitize(confidence, edges[1:-1]), 0, bins - 1)
-    total = 0.0
-    for b in range(bins):
-        inside = which == b
-        if inside.any():
-            total += inside.mean() * abs(correct[inside].mean() - confidence[inside].mean())
-    return float(total)
+    from cryoal.calibration import confidence_ece
+
+    return confidence_ece(confidence, correct, bins)
 
 
 def top_share(labels: np.ndarray) -> float:
@@ -53,8 +50,9 @@ def top_share(labels: np.ndarray) -> float:
 
 
 def scores_and_features(model, data, rows: np.ndarray, batch: int = 32, with_scores: bool = True):
-    """(probabilities, expected scores, penultimate feature norms) of the given pool rows
-    (scores empty when `with_scores` is False: calibration needs only the probabilities)."""
+    """(raw probabilities, expected scores, penultimate feature norms) of the given pool rows
+    (scores empty when `with_scores` is False: calibration needs only the probabilities). The
+    scores are what `select` computes (at the model's fitted temperature)."""
     import torch
 
     from cryoal.scoring import as_model_input, score
@@ -84,7 +82,11 @@ def diagnose_seed(data, config, seed: int, top: int) -> dict:
 
     split = make_split(data.truth, seed, config)
     model = train_model(data, split.initial, config, seed, 0)
+    from cryoal.calibration import softmax, temperature_of
+
     test_p, _, _ = scores_and_features(model, data, split.test, with_scores=False)
+    t = temperature_of(model)
+    test_p_cal = softmax(np.log(np.clip(test_p, 1e-300, None)), t)  # softmax(z / T) from softmax(z)
     truth_test = data.truth[split.test]
     pred_test = test_p.argmax(axis=1)
     conf = test_p.max(axis=1)
@@ -106,7 +108,11 @@ def diagnose_seed(data, config, seed: int, top: int) -> dict:
         "test_acc": float(correct.mean()),
         "mean_conf": float(conf.mean()),
         "ece": ece(conf, correct),
-        "nll": float(-np.log(np.clip(test_p[np.arange(truth_test.size), truth_test], 1e-12, None)).mean()),
+        "nll": _nll(test_p, truth_test),
+        "temperature": t,
+        "mean_conf_cal": float(test_p_cal.max(axis=1).mean()),
+        "ece_cal": ece(test_p_cal.max(axis=1), (test_p_cal.argmax(axis=1) == truth_test).astype(float)),
+        "nll_cal": _nll(test_p_cal, truth_test),
         "pred_top_share": top_share(pred),
         "pick_true_top_share": top_share(truth[picks]),
         "pick_in_top_pred": float(np.mean(pred[picks] == np.bincount(pred).argmax())),
@@ -118,8 +124,14 @@ def diagnose_seed(data, config, seed: int, top: int) -> dict:
     }
 
 
+def _nll(p: np.ndarray, truth: np.ndarray) -> float:
+    return float(-np.log(np.clip(p[np.arange(truth.size), truth], 1e-12, None)).mean())
+
+
 COLUMNS = [
     ("test_acc", "test acc"), ("mean_conf", "mean conf"), ("ece", "ECE"), ("nll", "NLL"),
+    ("temperature", "T"), ("mean_conf_cal", "mean conf at T"), ("ece_cal", "ECE at T"),
+    ("nll_cal", "NLL at T"),
     ("pred_top_share", "top predicted class share"), ("pick_true_top_share", "picks: top true class"),
     ("pick_in_top_pred", "picks in top predicted class"), ("rho_entropy", "ρ(score, entropy)"),
     ("rho_featnorm", "ρ(score, ‖h‖)"), ("featnorm_class_ratio", "‖h‖ class max/min"),

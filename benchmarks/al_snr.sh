@@ -55,7 +55,7 @@ SCHEMES=${SCHEMES:-$D_SCHEMES}
 CLASSES=${CLASSES:-$D_CLASSES}; PER_CLASS=${PER_CLASS:-$D_PER_CLASS}; INITIAL=${INITIAL:-$D_INITIAL}
 BUDGET=${BUDGET:-$D_BUDGET}; CYCLES=${CYCLES:-$D_CYCLES}; EPOCHS=${EPOCHS:-$D_EPOCHS}; MC=${MC:-10}
 BATCH=${BATCH:-8}; WARM=${WARM-$D_WARM}
-ARCH=${ARCH:-rb3d}; WIDTH=${WIDTH-$D_WIDTH}; VAL=${VAL:-0}
+ARCH=${ARCH:-rb3d}; WIDTH=${WIDTH-$D_WIDTH}; VAL=${VAL:-0}; TEST_FRACTION=${TEST_FRACTION:-0.2}
 WIDTH_OPT=(); [[ -n "$WIDTH" ]] && WIDTH_OPT=(--width "$WIDTH")  # WIDTH= (empty): the arch's own width
 WARM_OPT=(); [[ -n "$WARM" ]] && WARM_OPT=(--warm-start --warm-epochs "$WARM")
 TRAIN=(--arch "$ARCH" "${WIDTH_OPT[@]}" --epochs "$EPOCHS" "${WARM_OPT[@]}" --batch-size "$BATCH"
@@ -78,7 +78,7 @@ run_snr() {  # one SNR level: simulate, ingest, benchmark (resumable); logs in $
   local resume=()
   [[ -f "$out/curves.csv" ]] && resume=(--resume)
   if ! cryoal benchmark "$data/pool.h5" --truth "$data/sim/truth.csv" -o "$out" --schemes "$SCHEMES" \
-    --seeds "$SEEDS" --initial "$INITIAL" --budget "$BUDGET" --cycles "$CYCLES" --test-fraction 0.2 \
+    --seeds "$SEEDS" --initial "$INITIAL" --budget "$BUDGET" --cycles "$CYCLES" --test-fraction "$TEST_FRACTION" \
     "${TRAIN[@]}" --device cpu "${resume[@]}" > "$log.table.txt" 2> "$log.progress.txt"; then
     echo "SNR $snr FAILED: see $log.progress.txt" >&2
     return 1
@@ -94,7 +94,7 @@ for lane in $(seq 0 $((LANES - 1))); do
     for k in "${!SNRS[@]}"; do
       if (( k % LANES == lane )); then
         taskset -c "$((lane % $(nproc)))" bash -c "$(declare -f run_snr); $(declare -p CLASSES PER_CLASS INITIAL BUDGET \
-          CYCLES SCHEMES SEEDS WORK RESULTS TRAIN); run_snr ${SNRS[$k]}" || exit 1
+          CYCLES SCHEMES SEEDS WORK RESULTS TRAIN TEST_FRACTION); run_snr ${SNRS[$k]}" || exit 1
       fi
     done
   ) &

@@ -64,13 +64,28 @@ def load(results: Path) -> list[tuple[str, list[CurveRow], dict]]:
     return out
 
 
-def paired_vs_random(blocks: list[tuple[str, list[CurveRow], dict]]) -> str:
-    """AUBC minus random's AUBC at the same seed, mean ± std over seeds, and wins/seeds (Markdown)."""
+def per_seed_aubc(rows: list[CurveRow], scheme: str) -> dict[int, float]:
+    """{seed: AUBC} of one scheme."""
     from cryoal.benchmark.metrics import aubc
 
-    def per_seed(rows, scheme):
-        return {k: aubc(*curve_arrays(rows, scheme, k)[:2]) for k in sorted({r.seed for r in rows})}
+    return {k: aubc(*curve_arrays(rows, scheme, k)[:2])
+            for k in sorted({r.seed for r in rows if r.scheme == scheme})}
 
+
+def paired_stats(diff: list[float]) -> tuple[float, float, float, float]:
+    """(mean, std, CI low, CI high): the 95 % Student-t interval of the mean paired difference."""
+    from scipy import stats
+
+    n = len(diff)
+    mean = sum(diff) / n
+    std = math.sqrt(sum((d - mean) ** 2 for d in diff) / (n - 1)) if n > 1 else 0.0
+    half = stats.t.ppf(0.975, n - 1) * std / math.sqrt(n) if n > 1 else math.inf
+    return mean, std, mean - half, mean + half
+
+
+def paired_vs_random(blocks: list[tuple[str, list[CurveRow], dict]]) -> str:
+    """AUBC minus random's AUBC at the same seed: mean ± std, the 95 % t confidence interval of
+    the mean over seeds, and wins/seeds (Markdown). A CI entirely above 0 is marked ▲, below ▼."""
     schemes = list(dict.fromkeys(r.scheme for _, rows, _ in blocks for r in rows if r.scheme != "random"))
     head = "| scheme − random | " + " | ".join(f"SNR {snr}" for snr, _, _ in blocks) + " |"
     lines = [head, "|---|" + "---:|" * len(blocks)]
@@ -80,14 +95,29 @@ def paired_vs_random(blocks: list[tuple[str, list[CurveRow], dict]]) -> str:
             if not any(r.scheme == "random" for r in rows) or not any(r.scheme == name for r in rows):
                 cells.append("–")
                 continue
-            base, mine = per_seed(rows, "random"), per_seed(rows, name)
-            diff = [mine[k] - base[k] for k in base]
-            mean = sum(diff) / len(diff)
-            std = math.sqrt(sum((d - mean) ** 2 for d in diff) / (len(diff) - 1)) if len(diff) > 1 else 0.0
+            base, mine = per_seed_aubc(rows, "random"), per_seed_aubc(rows, name)
+            diff = [mine[k] - base[k] for k in base if k in mine]
+            mean, std, lo, hi = paired_stats(diff)
+            mark = " ▲" if lo > 0 else " ▼" if hi < 0 else ""
             wins = sum(d > 0 for d in diff)
-            cells.append(f"{mean:+.3f} ± {std:.3f} ({wins}/{len(diff)})")
+            cells.append(f"{mean:+.3f} ± {std:.3f} [{lo:+.3f}, {hi:+.3f}]{mark} ({wins}/{len(diff)})")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def seeds_table(blocks: list[tuple[str, list[CurveRow], dict]]) -> str:
+    """Every seed's AUBC, per SNR (one Markdown table per SNR: schemes x seeds)."""
+    out = []
+    for snr, rows, _ in blocks:
+        seeds = sorted({r.seed for r in rows})
+        lines = [f"SNR {snr}:", "", "| scheme | " + " | ".join(f"seed {k}" for k in seeds) + " |",
+                 "|---|" + "---:|" * len(seeds)]
+        for name in dict.fromkeys(r.scheme for r in rows):
+            values = per_seed_aubc(rows, name)
+            lines.append(f"| {name} | " + " | ".join(f"{values[k]:.3f}" if k in values else "–"
+                                                      for k in seeds) + " |")
+        out.append("\n".join(lines))
+    return "\n\n".join(out)
 
 
 def markdown_table(blocks: list[tuple[str, list[CurveRow], dict]]) -> str:
@@ -187,7 +217,7 @@ def plot(blocks, path: Path) -> None:
             if band is None:
                 continue
             n, mean, std = band[0], band[1][0], band[2][0]  # accuracy
-            style = "-" if scheme in ("expected", "entropy") else "--"
+            style = "-" if scheme.split(":")[0].removesuffix("-balanced") in ("expected", "entropy") else "--"
             ax.plot(n, mean, style, marker="o", ms=3, color=f"C{k}", label=scheme)
             ax.fill_between(n, mean - std, mean + std, color=f"C{k}", alpha=0.12, lw=0)
         ax.set_title(f"SNR {snr}")
@@ -213,8 +243,9 @@ def main() -> None:
         "seeds. **Bold**: best mean per SNR; †: within one std of it.\n\n"
         + markdown_table(blocks) + "\n\n" + settings_line(blocks) + "\n\n"
         "Paired difference to `random` (same seed: same test split, initial set and cycle-0 model), "
-        "mean ± std over seeds, (seeds where the scheme beat random / seeds):\n\n"
-        + paired_vs_random(blocks) + "\n"
+        "mean ± std over seeds, [95 % Student-t confidence interval of the mean] (▲: the interval is "
+        "above 0; ▼: below), (seeds where the scheme beat random / seeds):\n\n"
+        + paired_vs_random(blocks) + "\n\nAUBC of every seed:\n\n" + seeds_table(blocks) + "\n"
     )
     balance = pick_balance(args.results, blocks)
     if balance:

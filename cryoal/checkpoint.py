@@ -1,7 +1,9 @@
 """Checkpoints (DESIGN.md section 5): a plain `torch.save` dict, loadable with `weights_only=True`.
 
-Keys: format_version (1), arch, mode, class_names, input_shape (one particle, no channel), box,
-voxel_size, n_classes, state_dict, metrics, cryoal_version, arch_kwargs. Only plain Python types
+Keys: format_version (2), arch, mode, class_names, input_shape (one particle, no channel), box,
+voxel_size, n_classes, state_dict, metrics, cryoal_version, arch_kwargs, temperature (version 2:
+the fitted softmax temperature, `cryoal.calibration`; a version-1 file loads uncalibrated, T = 1,
+with one warning line). Only plain Python types
 and tensors are stored, so `torch.load(path, weights_only=True)` reads it without executing code.
 """
 
@@ -20,7 +22,8 @@ from torch import nn
 from cryoal.errors import CryoalError
 from cryoal.io.atomic import atomic_path
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # version 1: no temperature
 REQUIRED_KEYS = ("format_version", "arch", "mode", "class_names", "input_shape", "n_classes", "state_dict")
 
 
@@ -46,6 +49,7 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, meta: dict) -> No
     recommended. `arch`, `arch_kwargs`, `n_classes` default to what `build_model` recorded on the model.
     """
     from cryoal import __version__
+    from cryoal.calibration import temperature_of
 
     meta = dict(meta)
     for key in ("mode", "class_names", "input_shape"):
@@ -64,6 +68,7 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, meta: dict) -> No
         "metrics": plain(meta.get("metrics", {})),
         "cryoal_version": __version__,
         "arch_kwargs": plain(meta.get("arch_kwargs", getattr(model, "arch_kwargs", {}))),
+        "temperature": float(meta.get("temperature", temperature_of(model))),
         "state_dict": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
     }
     if not record["arch"]:
@@ -93,10 +98,10 @@ def read_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
         raise CryoalError(f"{p}: not a readable cryoal checkpoint ({type(exc).__name__})") from None
     if not isinstance(record, dict) or "format_version" not in record:
         raise CryoalError(f"{p}: not a cryoal checkpoint (no format_version)")
-    if record["format_version"] != FORMAT_VERSION:
+    if record["format_version"] not in READABLE_VERSIONS:
         raise CryoalError(
             f"{p}: checkpoint format version {record['format_version']}; "
-            f"this cryoal reads version {FORMAT_VERSION}"
+            f"this cryoal reads versions {', '.join(map(str, READABLE_VERSIONS))}"
         )
     missing = [k for k in REQUIRED_KEYS if k not in record]
     if missing:
@@ -110,6 +115,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> t
     The metadata is the checkpoint dict without `state_dict` (class_names, box, mode, input_shape,
     metrics, ...). Raises CryoalError on a missing/corrupt file or an unknown mode/arch.
     """
+    from cryoal.calibration import set_temperature
     from cryoal.modes import get_mode
 
     record = read_checkpoint(path, device)
@@ -128,7 +134,25 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> t
     model.to(device)
     model.eval()
     meta = {k: v for k, v in record.items() if k != "state_dict"}
+    temperature = _temperature(record, path)
+    set_temperature(model, temperature)
+    meta["temperature"] = temperature
     return model, meta
+
+
+def _temperature(record: dict, path: str | os.PathLike) -> float:
+    """The checkpoint's temperature; 1.0 (one warning line on stderr) for a version-1 file."""
+    import sys
+
+    if "temperature" not in record:
+        if os.environ.get("RANK", "0") == "0":  # under torchrun: one line, from rank 0
+            print(f"warning: {path}: checkpoint format version {record['format_version']} has no fitted "
+                  "temperature; probabilities are uncalibrated (retrain to calibrate)", file=sys.stderr)
+        return 1.0
+    t = float(record["temperature"])
+    if not (t > 0 and math.isfinite(t)):
+        raise CryoalError(f"{path}: corrupt checkpoint, temperature {t} is not a positive number")
+    return t
 
 
 def check_model_matches_pool(meta: dict, pool) -> None:

@@ -34,9 +34,10 @@ def predict_logits(model: nn.Module, batch: Batch, device: Device) -> torch.Tens
     return model(to_model_input(model, batch, device)).float()
 
 
-def predict_proba(model: nn.Module, batch: Batch, device: Device) -> np.ndarray:
-    """Softmax class probabilities (B, C) as a float32 numpy array; the model is put in eval mode."""
-    return torch.softmax(predict_logits(model, batch, device), dim=1).cpu().numpy()
+def predict_proba(model: nn.Module, batch: Batch, device: Device, temperature: float = 1.0) -> np.ndarray:
+    """Softmax class probabilities of logits / `temperature` (B, C) as a float32 numpy array; the
+    model is put in eval mode. Pass `cryoal.calibration.temperature_of(model)` for calibrated ones."""
+    return torch.softmax(predict_logits(model, batch, device) / temperature, dim=1).cpu().numpy()
 
 
 __all__ = ["predict_logits", "predict_proba", "to_model_input"]

@@ -35,6 +35,7 @@ def predict_pool(
     progress: Callable[[int, int], None] | None = None,
     fmt: str = "csv",
     masks_path: str | os.PathLike | None = None,
+    calibrated: bool = True,
 ) -> dict[str, Any]:
     """Write predictions for every particle of the pool to `out_csv`; returns a summary dict
     (`n`, `counts` per predicted class, `mean_confidence`, `class_names`, `outputs`).
@@ -47,6 +48,9 @@ def predict_pool(
     A segmentation pool gets masks instead (`cryoal.masks.predict_masks`): predicted masks to
     `masks_path` (.npy or .mrc; default `<csv stem>_masks.npy`) and a per-image CSV with the mean
     confidence.
+
+    `calibrated` (default) divides the logits by the checkpoint's fitted temperature
+    (`cryoal.calibration`) before the softmax; False writes the raw softmax.
     """
     import contextlib
 
@@ -77,6 +81,7 @@ def predict_pool(
     if dev.type == "cpu":
         use_all_cpu_cores()
     model, meta = load_model(model_path, device=dev)
+    temperature = float(meta.get("temperature", 1.0)) if calibrated else 1.0
     names = [str(c) for c in meta["class_names"]]
     counts = np.zeros(len(names), dtype=np.int64)
     conf_sum = 0.0
@@ -93,7 +98,7 @@ def predict_pool(
             if writer is not None:
                 writer.writerow(prediction_columns(names))
             for idx, volumes in BatchReader(pool, batch_size=batch_size):
-                proba = predict_proba(model, volumes, dev)
+                proba = predict_proba(model, volumes, dev, temperature)
                 top = proba.argmax(axis=1)
                 conf = proba[np.arange(len(top)), top]
                 if all_probs is not None:
@@ -115,7 +120,7 @@ def predict_pool(
         "n": int(total), "class_names": names,
         "counts": dict(zip(names, counts.tolist(), strict=True)),
         "mean_confidence": conf_sum / total if total else None,
-        "output": str(out_csv), "outputs": paths,
+        "output": str(out_csv), "outputs": paths, "temperature": temperature,
     }
 
 

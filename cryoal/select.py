@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from cryoal.errors import CryoalError
+from cryoal.scoring.picks import interleave_by_class, pick_order, rank_by_score  # noqa: F401 (public here too)
 
 CSV_COLUMNS = ("rank", "particle_id", "score", "predicted_label", "confidence", "source", "tomo",
                "x", "y", "z", "label")
@@ -50,25 +51,20 @@ def candidate_indices(labels: np.ndarray, pool_subset: int | None, seed: int | N
     return unl
 
 
-def rank_by_score(scores: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    """Positions sorted by score descending, ties (and NaN, last) broken by particle id ascending."""
-    s = np.where(np.isnan(scores), -np.inf, np.asarray(scores, dtype=np.float64))
-    return np.lexsort((np.asarray(ids, dtype=str), -s))
+SCORE_CACHE_ENTRIES = 16
 
 
-def interleave_by_class(order: np.ndarray, predicted: np.ndarray) -> np.ndarray:
-    """Class-balanced order: the best of each predicted class, then the second best of each, ...
+def model_fingerprint(model) -> str:
+    """A digest of the model's weights and buffers (identifies "the same model" across copies)."""
+    import hashlib
 
-    `order` lists positions best first; `predicted` holds each position's predicted class. Within
-    one round the classes keep their `order` (so the first pick is still the global best).
-    """
-    order = np.asarray(order)
-    cls = np.asarray(predicted)[order]
-    rank_in_class = np.empty(order.size, dtype=np.int64)
-    for c in np.unique(cls):
-        mask = cls == c
-        rank_in_class[mask] = np.arange(int(mask.sum()))
-    return order[np.argsort(rank_in_class, kind="stable")]
+    import torch
+
+    h = hashlib.sha1()
+    for name, t in model.state_dict().items():
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def _format_float(v: float) -> str:
@@ -83,6 +79,7 @@ def select_from_pool(
     pool, model, *, scheme: str, n: int, batch_size: int = 32, seed: int | None = 0,
     pool_subset: int | None = None, norm: str = "l2", mc_passes: int = 20,
     progress: Progress | None = None, dist=None, samples: int = 8, balance: bool = False,
+    pick: str | None = None, beta: float = 1.0, calibrated: bool = True, score_cache: dict | None = None,
 ) -> Ranked | None:
     """Score an open pool's unlabelled particles with `model` (already on its device) and rank them.
 
@@ -92,15 +89,23 @@ def select_from_pool(
     global positions, see `cryoal.io.prefetch.batch_plan`), rank 0 gathers the per-particle
     results (features, for coreset/badge) and ranks them exactly as one process does; the other
     ranks return None. A failure on any rank raises a CryoalError on every rank.
-    `balance` (score-based schemes only) picks round robin over the predicted classes, each class
-    in score order (see `interleave_by_class`), instead of taking the global top `n`.
+    `pick` (score-based schemes only; None: `picks.DEFAULT_PICK`) is how the `n` rows are drawn
+    from the scores (`cryoal.scoring.picks`), with `beta` for the sampled picks and `seed` for
+    their noise; `balance=True` is `pick="balanced"`. `calibrated` divides the logits by the
+    model's fitted temperature (`cryoal.calibration`) wherever probabilities or gradients of the
+    loss are taken; False uses the raw logits. `score_cache` (one process only; the benchmark's)
+    keeps the per-particle scores of score-based schemes keyed by the model's weights, temperature,
+    the scheme's options and the candidates, so variants that differ only by their pick score a
+    shared model once.
     """
     from cryoal.distributed import DistContext, gather_concat, run_on_all_ranks, shard_range
     from cryoal.io.prefetch import batch_plan
 
     dist = dist or DistContext()
+    from cryoal.calibration import temperature_of
     from cryoal.scoring import SCHEMES, as_model_input, get_scheme
     from cryoal.scoring.gradnorm import NORMS
+    from cryoal.scoring.picks import resolve_pick
     from cryoal.scoring.registry import ScoreContext, ScoreScheme
     from cryoal.scoring.segmentation import pooled_probs, prediction_summary
     from cryoal.scoring.uncertainty import has_dropout
@@ -121,8 +126,9 @@ def select_from_pool(
     if scheme == "bald" and not has_dropout(model):
         raise CryoalError("--scheme bald needs a model with a dropout layer (MC dropout); this one has none")
     assert scheme in SCHEMES
-    if balance and not isinstance(sch, ScoreScheme):
-        raise CryoalError(f"--balance applies to score-based schemes; {scheme} already picks a diverse batch")
+    pick = resolve_pick(scheme, not isinstance(sch, ScoreScheme), pick, balance, beta,
+                        nonnegative=getattr(sch, "nonnegative", True))
+    temperature = temperature_of(model) if calibrated else 1.0
 
     labels = pool.labels
     n_unlabelled = int((labels < 0).sum())
@@ -153,7 +159,8 @@ def select_from_pool(
                 progress(done0 + done * len(indices) // share, total_ or total)
 
     if isinstance(sch, ScoreScheme):
-        ctx = ScoreContext.make(norm=norm, mc_passes=mc_passes, seed=seed, samples=samples)
+        ctx = ScoreContext.make(norm=norm, mc_passes=mc_passes, seed=seed, samples=samples,
+                                temperature=temperature)
 
         def score_shard() -> dict[str, np.ndarray]:
             plan = batch_plan(cand, batch_size)
@@ -178,14 +185,23 @@ def select_from_pool(
                 pos += k
             return {"scores": scores, "top": probs_top, "conf": conf}
 
-        parts = gather_concat(run_on_all_ranks(score_shard, dist), dist)
+        key = None
+        if score_cache is not None and not dist.distributed:
+            key = (scheme, norm, mc_passes, samples, seed, temperature, model_fingerprint(model),
+                   "\n".join(str(i) for i in ids[cand]))
+        if key is not None and key in score_cache:
+            parts = score_cache[key]
+        else:
+            parts = gather_concat(run_on_all_ranks(score_shard, dist), dist)
+            if key is not None and parts is not None:
+                while len(score_cache) >= SCORE_CACHE_ENTRIES:
+                    score_cache.pop(next(iter(score_cache)))
+                score_cache[key] = parts
         if parts is None:
             return None
         scores, probs_top, conf = parts["scores"], parts["top"], parts["conf"]
-        order = rank_by_score(scores, ids[cand])
-        if balance:
-            order = interleave_by_class(order, probs_top)
-        order = order[:n_out]
+        assert pick is not None
+        order = pick_order(scores, ids[cand], probs_top, n_out, pick=pick, beta=beta, seed=seed)
         return Ranked(cand[order], scores[order], probs_top[order], conf[order], total, n_unlabelled)
 
     # Batch schemes: embed every candidate (and, for coreset, the labelled set), then choose.
@@ -207,7 +223,8 @@ def select_from_pool(
                 for _, x in batches(indices[read_order], done0, total_):
                     logits, f = penultimate(model, x)
                     # one row per sample: per-pixel probabilities are averaged over pixels
-                    probs.append(pooled_probs(torch.softmax(logits.double(), dim=1).cpu().numpy()))
+                    z = logits.double() / temperature
+                    probs.append(pooled_probs(torch.softmax(z, dim=1).cpu().numpy()))
                     feats.append(f.double().cpu().numpy())
             return {"feats": np.concatenate(feats), "probs": np.concatenate(probs)} if feats else None
 
@@ -278,7 +295,7 @@ def select_pool(
     scheme: str, n: int, batch_size: int = 32, device: str = "auto", seed: int | None = 0,
     pool_subset: int | None = None, norm: str = "l2", mc_passes: int = 20,
     progress: Progress | None = None, fmt: str = "csv", dist=None, log=None, samples: int = 8,
-    balance: bool = False,
+    balance: bool = False, pick: str | None = None, beta: float = 1.0, calibrated: bool = True,
 ) -> dict[str, Any] | None:
     """`cryoal select`: rank the pool's unlabelled particles and write the CSV (and/or STAR) atomically.
 
@@ -287,8 +304,8 @@ def select_pool(
     (see `output_paths`). Under torchrun pass `dist` (`cryoal.distributed.init_distributed`): the
     ranks share the scoring, rank 0 alone writes and returns the summary (None elsewhere), and the
     files are byte-identical to one process's (with the same threads per process). `log` is an
-    optional `cryoal.logjson.EventLog` (start, progress, done events). `balance`: see
-    `select_from_pool`.
+    optional `cryoal.logjson.EventLog` (start, progress, done events). `balance`, `pick`, `beta`,
+    `calibrated`: see `select_from_pool`.
     """
     import time
 
@@ -303,7 +320,12 @@ def select_pool(
 
     t0 = time.perf_counter()
     dist = dist or DistContext()
-    get_scheme(scheme)  # fail on an unknown scheme before any heavy work
+    from cryoal.scoring.picks import resolve_pick
+    from cryoal.scoring.registry import ScoreScheme
+
+    sch = get_scheme(scheme)  # fail on an unknown scheme or pick before any heavy work
+    pick = resolve_pick(scheme, not isinstance(sch, ScoreScheme), pick, balance, beta,
+                        nonnegative=getattr(sch, "nonnegative", True))
     paths = output_paths(out_csv, fmt)
     for path in paths.values():
         check_output_dir(path)
@@ -311,7 +333,8 @@ def select_pool(
     if dev.type == "cpu":
         use_all_cpu_cores()
     if log is not None:
-        log.emit("start", scheme=scheme, balance=balance, n=n, pool=str(pool_path), model=str(model_path),
+        log.emit("start", scheme=scheme, pick=pick, beta=beta, balance=pick == "balanced", n=n,
+                 pool=str(pool_path), model=str(model_path),
                  world_size=dist.world_size, device=str(dev), outputs=paths)
     model, meta = load_model(model_path, device=dev)
     with open_pool(pool_path) as pool:
@@ -319,7 +342,7 @@ def select_pool(
         ranked = select_from_pool(
             pool, model, scheme=scheme, n=n, batch_size=batch_size, seed=seed,
             pool_subset=pool_subset, norm=norm, mc_passes=mc_passes, progress=progress, dist=dist,
-            samples=samples, balance=balance,
+            samples=samples, pick=pick, beta=beta, calibrated=calibrated,
         )
         summary: dict[str, Any] | None = None
 
@@ -339,7 +362,10 @@ def select_pool(
                 write_csv(paths["csv"], {c: columns[c] for c in CSV_COLUMNS})
             top = [{c: columns[c][i] for c in CSV_COLUMNS} for i in range(min(5, len(columns["rank"])))]
             summary = {
-                "scheme": scheme, "balance": balance, "n_written": len(columns["rank"]),
+                "scheme": scheme, "pick": pick, "beta": beta, "balance": pick == "balanced",
+                "calibrated": calibrated,
+                "temperature": float(meta.get("temperature", 1.0)) if calibrated else 1.0,
+                "n_written": len(columns["rank"]),
                 "n_scored": ranked.n_candidates,
                 "n_unlabelled": ranked.n_unlabelled, "output": str(out_csv), "outputs": paths,
                 "world_size": dist.world_size, "seconds": time.perf_counter() - t0, "warnings": warnings,

@@ -152,8 +152,12 @@ def recalibrate_batchnorm(model: nn.Module, x: np.ndarray, mode, device: torch.d
 
 
 def _evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, mode, device: torch.device,
-              batch_size: int, amp_dtype: torch.dtype | None) -> tuple[float, np.ndarray]:
-    """Mean loss and predictions on (x, y) without augmentation, model in eval mode."""
+              batch_size: int, amp_dtype: torch.dtype | None,
+              logits_out: list | None = None) -> tuple[float, np.ndarray]:
+    """Mean loss and predictions on (x, y) without augmentation, model in eval mode.
+
+    `logits_out`, when given, receives the float64 logits of each batch (for temperature scaling).
+    """
     model.eval()
     losses, preds = [], []
     with torch.no_grad():
@@ -164,6 +168,8 @@ def _evaluate(model: nn.Module, x: np.ndarray, y: np.ndarray, mode, device: torc
                 logits = model(xb)
             losses.append(mode.per_sample_loss(logits.float(), yb).cpu())  # dense targets: pixel means
             preds.append(logits.argmax(dim=1).cpu())
+            if logits_out is not None:
+                logits_out.append(logits.double().cpu().numpy())
     return float(torch.cat(losses).mean()), torch.cat(preds).numpy()
 
 
@@ -331,7 +337,11 @@ def fit(
     model.eval()
     # final metrics: on the validation set with the kept weights, or on the training set without one
     x_eval, y_eval = (x_val, y_val) if has_val else (x_train, y_train)
-    eval_loss, eval_pred = _evaluate(model, x_eval, y_eval, m, dev, max(batch_size, 32), amp_dtype)
+    eval_logits: list[np.ndarray] = []
+    eval_loss, eval_pred = _evaluate(model, x_eval, y_eval, m, dev, max(batch_size, 32), amp_dtype,
+                                     eval_logits)
+    skip = "per-pixel outputs are not calibrated" if dense else None if has_val else "no validation split"
+    calibration = _calibrate(model, eval_logits, y_eval, skip)
     cm = confusion_matrix(y_eval, eval_pred, n_classes)
     names = list(class_names) if class_names else [str(i) for i in range(n_classes)]
     eval_acc = labelled_accuracy(y_eval, eval_pred)
@@ -360,10 +370,28 @@ def fit(
         "world_size": dist.world_size,
         "history": history,
         "mean_iou": mean_iou_of(cm) if dense else None,
+        "calibration": calibration,
         "settings": {"epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
                      "patience": patience, "seed": seed, "augment": augment},
     }
     return model, metrics
+
+
+def _calibrate(model: nn.Module, logits: list[np.ndarray], y: np.ndarray, skip: str | None) -> dict[str, Any]:
+    """Fit the temperature on the validation logits (after early stopping) and attach it to `model`.
+
+    Only classifiers with a validation split are calibrated; otherwise T = 1 and the report says
+    why (the training set would fit a temperature to what the model has memorised).
+    """
+    from cryoal.calibration import calibration_report, fit_temperature, set_temperature
+
+    if skip is not None or not logits:
+        set_temperature(model, 1.0)
+        return {"temperature": 1.0, "fitted": False, "reason": skip or "no validation logits"}
+    z = np.concatenate(logits)
+    t = fit_temperature(z, y)
+    set_temperature(model, t)
+    return {**calibration_report(z, y, t), "fitted": True, "on": "validation", "n": int(len(y))}
 
 
 def _class_counts(y: np.ndarray, n_classes: int) -> list[int]:

@@ -196,7 +196,7 @@ def test_warm_start_runs_and_shares_cycle0(tiny, tmp_path):
     ("extra", "schemes", "cycles", "message"),
     [
         ((), "expected,nope", 2, "unknown scheme 'nope'"),
-        ((), "expected,coreset-balanced", 2, "coreset already picks a diverse batch"),
+        ((), "expected,coreset-balanced", 2, "coreset already builds a diverse batch"),
         (("--budget", "25"), "random", 2, "--budget 25"),
         (("--budget", "6"), "random", 5, "--budget 6"),
         (("--initial", "40"), "random", 2, "--initial 40"),
@@ -235,15 +235,16 @@ def test_split_is_shared_and_deterministic():
 
 
 def test_balanced_variant_selects_with_balance(tiny, tmp_path, monkeypatch):
-    """`expected-balanced` runs `select_from_pool(scheme="expected", balance=True)` beside plain
-    `expected`, from the same cycle-0 model, and is reported under its own name."""
+    """`expected-balanced` (the alias of `expected:balanced`) runs `select_from_pool(scheme="expected",
+    pick="balanced")` beside plain `expected` (pick None: select's default), from the same cycle-0
+    model, and is reported under its own name."""
     import cryoal.select
 
     calls = []
     real = cryoal.select.select_from_pool
 
     def recording(pool, model, **kw):
-        calls.append((kw["scheme"], kw.get("balance", False)))
+        calls.append((kw["scheme"], kw.get("pick")))
         return real(pool, model, **kw)
 
     monkeypatch.setattr(cryoal.select, "select_from_pool", recording)
@@ -251,9 +252,57 @@ def test_balanced_variant_selects_with_balance(tiny, tmp_path, monkeypatch):
     out = tmp_path / "o"
     res = _run(d, out, schemes="expected,expected-balanced", cycles=2)
     assert res.exit_code == 0, res.output
-    assert sorted(set(calls)) == [("expected", False), ("expected", True)]
+    assert set(calls) == {("expected", None), ("expected", "balanced")}
     rows = _curves(out)
     assert {r["scheme"] for r in rows} == {"expected", "expected-balanced"}
     assert len({r["accuracy"] for r in rows if r["cycle"] == "0"}) == 1
     picks = [r for r in _selections(out) if r["scheme"] == "expected-balanced"]
     assert len(picks) == 4 and len({r["particle_id"] for r in picks}) == 4
+
+
+def test_variants_call_select_with_their_pick_and_calibration(tiny, tmp_path, monkeypatch):
+    """`<scheme>:<pick>[:uncalibrated]` runs select with that pick and calibration; variants that
+    differ only by pick score the shared cycle-0 model once (the score cache)."""
+    import cryoal.scoring.registry as registry
+    import cryoal.select
+
+    calls, passes = [], []
+    real = cryoal.select.select_from_pool
+    real_gradnorm = registry.gradnorm_scores
+
+    def recording(pool, model, **kw):
+        calls.append((kw["scheme"], kw.get("pick"), kw.get("calibrated", True)))
+        return real(pool, model, **kw)
+
+    def counting(*a, **kw):
+        passes.append(kw.get("temperature"))
+        return real_gradnorm(*a, **kw)
+
+    monkeypatch.setattr(cryoal.select, "select_from_pool", recording)
+    monkeypatch.setattr(registry, "gradnorm_scores", counting)
+    d, _, _ = tiny
+    out = tmp_path / "o"
+    res = _run(d, out, schemes="expected:top,expected:power,expected:power:uncalibrated", cycles=2)
+    assert res.exit_code == 0, res.output
+    assert calls == [("expected", "top", True), ("expected", "power", True), ("expected", "power", False)]
+    n_batches = len(passes) // 2  # top scored (calibrated), power reused it, uncalibrated scored again
+    assert n_batches >= 1 and len(passes) == 2 * n_batches and passes[-1] == 1.0
+    picks = {}
+    for r in _selections(out):
+        picks.setdefault(r["scheme"], []).append(r["particle_id"])
+    assert len(picks) == 3 and all(len(v) == len(set(v)) for v in picks.values())
+
+
+@pytest.mark.parametrize("name,message", [
+    ("expected:best", "unknown pick 'best'"), ("badge:power", "badge already builds a diverse batch"),
+    ("nope:power", "unknown scheme 'nope:power'"), ("expected:power:raw", "expected <scheme>[:<pick>]"),
+])
+def test_bad_variant_names(name, message):
+    from cryoal.benchmark.variants import parse_variant
+    from cryoal.errors import CryoalError
+    from cryoal.scoring import SCHEMES
+
+    with pytest.raises(CryoalError, match=message.replace("[", r"\[")):
+        parse_variant(name, tuple(SCHEMES))
+    v = parse_variant("entropy-balanced:uncalibrated", tuple(SCHEMES))
+    assert (v.scheme, v.pick, v.calibrated) == ("entropy", "balanced", False)

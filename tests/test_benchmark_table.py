@@ -44,8 +44,22 @@ def test_table_uses_complete_paired_seeds_and_ignores_logs(table, tmp_path):
     # SNR inf: expected per seed (0.7 + 0.9)/2 = 0.8 and (0.6 + 0.9)/2 = 0.75; std sqrt(0.00125)
     assert "**0.775 ± 0.035**" in md
     paired = table.paired_vs_random(blocks)
-    # inf: random 0.7 and 0.45 -> differences +0.1, +0.3 (2 wins of 2); 0.1: +0.15 (1 of 1)
-    assert "+0.200 ± 0.141 (2/2)" in paired and "+0.150 ± 0.000 (1/1)" in paired
+    # inf: random 0.7 and 0.45 -> differences +0.1, +0.3 (2 wins of 2); 0.1: +0.15 (1 of 1).
+    # 95 % t interval with 1 degree of freedom: 0.2 ± 12.706 * 0.1414 / sqrt(2) = 0.2 ± 1.271
+    assert "+0.200 ± 0.141 [-1.071, +1.471] (2/2)" in paired and "+0.150 ± 0.000" in paired
+    seeds = table.seeds_table(blocks)
+    assert "| expected | 0.800 | 0.750 |" in seeds and "| random | 0.700 | 0.450 |" in seeds
+
+
+def test_paired_interval_is_the_student_t_interval_and_marks_a_clear_win(table):
+    diff = [0.02, 0.03, 0.05, 0.01, 0.04, 0.03]
+    mean, std, lo, hi = table.paired_stats(diff)
+    m = sum(diff) / 6
+    sd = (sum((d - m) ** 2 for d in diff) / 5) ** 0.5
+    half = 2.570582 * sd / 6**0.5  # t(0.975, 5), from a printed table
+    assert (mean, std) == (pytest.approx(m), pytest.approx(sd))
+    assert (lo, hi) == (pytest.approx(m - half, abs=1e-6), pytest.approx(m + half, abs=1e-6))
+    assert lo > 0
 
 
 def test_seed_band_is_the_mean_and_sample_std_over_seeds_on_the_common_cycles():

@@ -16,7 +16,7 @@ from cryoal.models import build_model
 
 KEYS = {
     "format_version", "arch", "mode", "class_names", "input_shape", "box", "voxel_size", "n_classes",
-    "state_dict", "metrics", "cryoal_version", "arch_kwargs",
+    "state_dict", "metrics", "cryoal_version", "arch_kwargs", "temperature",
 }
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -121,10 +121,10 @@ def test_bad_checkpoints(tmp_path) -> None:
     with pytest.raises(CryoalError, match="no format_version"):
         load_model(not_dict)
 
-    v2 = tmp_path / "v2.pt"
-    _write_record(v2, format_version=2)
-    with pytest.raises(CryoalError, match="format version 2"):
-        load_model(v2)
+    v3 = tmp_path / "v3.pt"
+    _write_record(v3, format_version=3)
+    with pytest.raises(CryoalError, match="format version 3"):
+        load_model(v3)
 
     no_arch = tmp_path / "no_arch.pt"
     _write_record(no_arch, arch=None)

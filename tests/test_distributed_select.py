@@ -23,6 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 N, BOX, N_LABELLED = 90, 8, 12
 SCHEMES = ("expected", "entropy", "random", "max-entropy", "margin", "least-confidence", "bald",
            "coreset", "badge")
+SAMPLED_PICKS = ("power", "softrank", "power-balanced", "classnorm")
 
 # Every scheme through the Python API in ONE launch (a torchrun start-up costs seconds).
 ALL_SCHEMES = r"""
@@ -36,6 +37,9 @@ for scheme in sys.argv[4].split(","):
         tag = f"{scheme}-{subset or 'all'}"
         select_pool(pool, model, f"{out}/{tag}.csv", scheme=scheme, n=0 if subset else 30, batch_size=7,
                     device="cpu", seed=3, pool_subset=subset, mc_passes=4, dist=ctx)
+for pick in ("power", "softrank", "power-balanced", "classnorm"):  # the sampled picks: same seed, same draw
+    select_pool(pool, model, f"{out}/expected-{pick}.csv", scheme="expected", n=20, batch_size=7,
+                device="cpu", seed=3, pick=pick, beta=2.0, dist=ctx)
 shutdown(ctx)
 """
 
@@ -75,11 +79,12 @@ def make_pool(path: Path, compression=None) -> None:
 def make_model(path: Path) -> None:
     import torch
 
+    from cryoal.calibration import set_temperature
     from cryoal.checkpoint import save_checkpoint
     from cryoal.models import build_model
 
     torch.manual_seed(0)
-    model = build_model("resnet3d", (BOX,) * 3, 3, width=4)
+    model = set_temperature(build_model("resnet3d", (BOX,) * 3, 3, width=4), 1.6)  # calibrated scoring too
     save_checkpoint(path, model, {"mode": "subtomogram", "class_names": ["a", "b", "c"],
                                   "input_shape": [BOX] * 3, "box": BOX, "voxel_size": 10.0})
 
@@ -109,9 +114,14 @@ def test_every_scheme_on_two_ranks_is_byte_identical_to_one_process(setup, tmp_p
             assert one == two, f"{scheme} ({tag}): 2-rank CSV differs from the single-process CSV"
             n_rows = len(one.decode().splitlines()) - 1
             assert n_rows == (50 if tag == "50" else 30)
+    for pick in SAMPLED_PICKS:
+        one = (tmp_path / "one" / f"expected-{pick}.csv").read_bytes()
+        assert one == (tmp_path / "two" / f"expected-{pick}.csv").read_bytes(), pick
+        assert len(one.decode().splitlines()) == 21
     # only rank 0 wrote: no stray temporary files
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == sorted(
-        f"{s}-{t}.csv" for s in SCHEMES for t in ("all", "50"))
+        [f"{s}-{t}.csv" for s in SCHEMES for t in ("all", "50")]
+        + [f"expected-{p}.csv" for p in SAMPLED_PICKS])
 
 
 def test_cli_select_under_torchrun_writes_csv_star_and_one_log(setup, tmp_path):

@@ -312,3 +312,45 @@ def test_balance_refuses_batch_schemes(env, tmp_path, scheme):
     assert r.exit_code == 1
     assert "--balance applies to score-based schemes" in _error_line(r)
     assert not (tmp_path / "o.csv").exists()
+
+
+@pytest.mark.parametrize("extra,message", [
+    (("--scheme", "badge", "--pick", "power"), "--pick power applies to score-based schemes"),
+    (("--pick", "best"), "--pick best: unknown pick"),
+    (("--pick", "power", "--beta", "0"), "--beta 0.0: must be a finite number above 0"),
+    (("--pick", "power", "--beta", "-2"), "--beta -2.0"),
+    (("--pick", "power", "--balance"), "cannot be combined"),
+])
+def test_bad_picks_are_one_line(env, tmp_path, extra, message):
+    d, _ = env
+    r = run(d / "pool.h5", "-m", d / "model.pt", "-n", 3, "-o", tmp_path / "o.csv", "--device", "cpu", *extra)
+    assert r.exit_code == 1, r.output
+    assert message in _error_line(r)
+    assert not (tmp_path / "o.csv").exists()
+
+
+def test_power_on_a_scheme_with_signed_scores_is_refused(env, tmp_path, monkeypatch):
+    from cryoal.scoring import registry
+
+    signed = registry.ScoreScheme("signed", "scores of either sign", lambda m, x, c: (None, None),
+                                  nonnegative=False)
+    monkeypatch.setitem(registry.SCHEMES, "signed", signed)
+    d, _ = env
+    r = run(d / "pool.h5", "-m", d / "model.pt", "--scheme", "signed", "-n", 3, "-o", tmp_path / "o.csv",
+            "--device", "cpu", "--pick", "power")
+    assert r.exit_code == 1
+    assert "signed scores can be negative; use --pick softrank" in _error_line(r)
+
+
+@pytest.mark.parametrize("pick", ["power", "softrank", "power-balanced", "classnorm"])
+def test_sampled_pick_writes_raw_scores_in_pick_order(env, tmp_path, pick):
+    """score = the scheme's raw score of that particle, rank = draw order, reproducible by --seed."""
+    _, all_rows = select(env, tmp_path, n=0, name="all.csv")
+    raw = {r["particle_id"]: r["score"] for r in all_rows}
+    _, a = select(env, tmp_path, "--pick", pick, "--seed", "4", n=8, name="a.csv")
+    _, b = select(env, tmp_path, "--pick", pick, "--seed", "4", n=8, name="b.csv")
+    _, c = select(env, tmp_path, "--pick", pick, "--seed", "5", n=8, name="c.csv")
+    assert a == b and [r["particle_id"] for r in a] != [r["particle_id"] for r in c]
+    assert [r["rank"] for r in a] == [str(k) for k in range(1, 9)]
+    assert all(r["score"] == raw[r["particle_id"]] for r in a)
+    assert len({r["particle_id"] for r in a}) == 8

@@ -64,11 +64,12 @@ class BenchmarkConfig:
     norm: str = "l2"
     score_batch_size: int = 64
     augment: bool = True  # the mode's training augmentation (off for data without those symmetries)
+    beta: float = 1.0  # exponent of the sampled picks (`select --beta`)
 
     # options that change results: a resumed run must use the same values
     RESULT_KEYS = (
         "initial", "budget", "test_fraction", "val_fraction", "epochs", "batch_size", "arch", "width", "lr",
-        "weight_decay", "patience", "warm_start", "warm_epochs", "mc_passes", "norm", "augment",
+        "weight_decay", "patience", "warm_start", "warm_epochs", "mc_passes", "norm", "augment", "beta",
     )
 
     def to_dict(self) -> dict:
@@ -260,17 +261,22 @@ def _state_path(out_dir: Path, name: str) -> Path:
 def _save_state(path: Path, model, extra: dict) -> None:
     import torch
 
+    from cryoal.calibration import temperature_of
     from cryoal.io.atomic import atomic_path
 
     with atomic_path(path) as tmp:
-        torch.save({"state_dict": model.state_dict(), **extra}, tmp)
+        torch.save({"state_dict": model.state_dict(), "temperature": temperature_of(model), **extra}, tmp)
 
 
 def _load_state(path: Path, model) -> dict:
+    """Load saved weights (and the fitted temperature: a resumed run scores as the first did)."""
     import torch
+
+    from cryoal.calibration import set_temperature
 
     blob = torch.load(path, map_location="cpu", weights_only=True)
     model.load_state_dict(blob["state_dict"])
+    set_temperature(model, float(blob.get("temperature", 1.0)))
     return blob
 
 

@@ -148,16 +148,19 @@ def select_particles(model, data: BenchmarkData, candidates: np.ndarray, labelle
     the candidates plus the labelled set (see `WorkingPool`), so coreset's labelled centres are
     the labelled set and nothing of the test split is seen.
     """
+    from cryoal.benchmark.variants import parse_variant
     from cryoal.io.pool import open_pool
+    from cryoal.scoring import SCHEMES
     from cryoal.select import select_from_pool
 
-    base = scheme.removesuffix("-balanced")  # `expected-balanced`: `select --balance`
+    variant = parse_variant(scheme, tuple(SCHEMES))  # e.g. `expected:power`: `select --pick power`
     work = _working_pool(data, candidates, labelled)
     work.set_labels(data.truth, labelled)
     with open_pool(work.path) as pool:
         ranked = select_from_pool(
-            pool, model, scheme=base, n=n, batch_size=config.score_batch_size, balance=base != scheme,
+            pool, model, scheme=variant.scheme, n=n, batch_size=config.score_batch_size, pick=variant.pick,
+            beta=config.beta, calibrated=variant.calibrated,
             seed=splits.torch_seed_for(seed, splits.SELECTION, cycle), norm=config.norm,
-            mc_passes=config.mc_passes,
+            mc_passes=config.mc_passes, score_cache=data.scratch.setdefault("scores", {}),
         )
     return work.rows[ranked.indices]

@@ -14,27 +14,22 @@ ALL_SCHEMES = (
 )
 
 
-BALANCED_SUFFIX = "-balanced"  # e.g. expected-balanced: `cryoal select --balance`
 BATCH_SCHEMES = ("coreset", "badge")
 
 
 def parse_schemes(text: str | None, known: tuple[str, ...]) -> list[str]:
     """`a,b,c` -> a list, in the given order, without repeats; unknown names are an error.
 
-    A score-based scheme with the suffix `-balanced` (e.g. `expected-balanced`) is that scheme
-    with class-balanced picks (`cryoal select --balance`), so both can be compared in one run.
+    Each name is `<scheme>[:<pick>][:uncalibrated]` (`cryoal.benchmark.variants`), e.g.
+    `expected:power`; `<scheme>-balanced` is an alias of `<scheme>:balanced`.
     """
+    from cryoal.benchmark.variants import parse_variant
+
     if not text:
         return list(known)
     names = list(dict.fromkeys(s.strip() for s in text.split(",") if s.strip()))
     for name in names:
-        base = name.removesuffix(BALANCED_SUFFIX)
-        if base not in known:
-            raise CryoalError(f"--schemes: unknown scheme '{name}'; choose from {', '.join(known)} "
-                              f"(score-based ones also as <scheme>{BALANCED_SUFFIX})")
-        if base != name and base in BATCH_SCHEMES:
-            raise CryoalError(f"--schemes: '{name}': {base} already picks a diverse batch; "
-                              f"{BALANCED_SUFFIX} applies to score-based schemes")
+        parse_variant(name, known, BATCH_SCHEMES)
     if not names:
         raise CryoalError("--schemes: no scheme given")
     return names
@@ -97,6 +92,7 @@ def benchmark(
         None, "--warm-epochs", help="Epochs of a fine-tuning cycle [default: --epochs]."
     ),
     mc_passes: int = typer.Option(20, "--mc-passes", help="MC-dropout passes for bald."),
+    beta: float = typer.Option(1.0, "--beta", help="Exponent of the sampled picks (e.g. expected:power)."),
     norm: str = typer.Option("l2", "--norm", help="Gradient norm for expected/entropy: l2 or tensor-sum."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in OUT (same options)."),
@@ -120,12 +116,15 @@ def benchmark(
     _check_options(out, resume, seeds=seeds, cycles=cycles, epochs=epochs, batch_size=batch_size,
                    initial=initial, budget=budget, test_fraction=test_fraction, val_fraction=val_fraction,
                    warm_epochs=warm_epochs)
+    from cryoal.scoring.picks import check_pick
+
+    check_pick("power", beta)  # --beta must be > 0 whatever the picks
     with EventLog(log_json, command="benchmark") as event_log:
         run_cli(
             pool, truth, out, stderr_console(),
             schemes=names, seeds=seeds, initial=initial, budget=budget, cycles=cycles,
             test_fraction=test_fraction, val_fraction=val_fraction, epochs=epochs, batch_size=batch_size,
             arch=arch, width=width, lr=lr, patience=patience, warm_start=warm_start, warm_epochs=warm_epochs,
-            mc_passes=mc_passes, norm=norm, device=device, resume=resume, augment=augment,
+            mc_passes=mc_passes, norm=norm, device=device, resume=resume, augment=augment, beta=beta,
             event_log=event_log,
         )

@@ -26,6 +26,9 @@ def predict(
         "csv", "--format",
         help="csv, star (RELION particle STAR with rlnClassNumber, at -o) or both (STAR beside the CSV).",
     ),
+    no_calibration: bool = typer.Option(
+        False, "--no-calibration", help="Raw softmax: ignore the temperature that train fitted."
+    ),
 ) -> None:
     """Write particle_id,predicted_label,confidence,p_<class>... for every particle."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
@@ -40,7 +43,7 @@ def predict(
         summary = predict_pool(
             pool, model, output, batch_size=batch_size, device=device,
             progress=lambda done, total: bar.update(task, completed=done, total=total), fmt=fmt,
-            masks_path=masks,
+            masks_path=masks, calibrated=not no_calibration,
         )
     if as_json:
         typer.echo(json.dumps(summary))

@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from cryoal.cli.app import command, stderr_console
+from cryoal.scoring.picks import DEFAULT_PICK, PICK_HELP
 
 SCHEME_NAMES = ("expected", "entropy", "random", "max-entropy", "margin", "least-confidence", "bald",
                 "coreset", "badge")
@@ -24,7 +25,9 @@ def select(
     n: int = typer.Option(..., "-n", help="How many to write; 0 writes every unlabelled particle, ranked."),
     batch_size: int = typer.Option(32, "--batch-size", help="Particles per scoring batch (memory grows)."),
     device: str = typer.Option("auto", "--device", help="auto (CUDA if present), cpu or cuda."),
-    seed: int = typer.Option(0, "--seed", help="Seed for --pool-subset, random, bald and badge."),
+    seed: int = typer.Option(
+        0, "--seed", help="Seed for --pool-subset, random, bald, badge and the sampled picks.",
+    ),
     pool_subset: int | None = typer.Option(
         None, "--pool-subset", help="Score a random K of the unlabelled particles (reproducible: --seed)."
     ),
@@ -36,9 +39,18 @@ def select(
         8, "--samples", help="Segmentation: label maps sampled per image to estimate `expected` "
         "(an estimate; classifiers use the exact sum over classes)."
     ),
+    pick: str = typer.Option(
+        None, "--pick", "-p", help="How the N rows are drawn from the scores (score-based schemes): "
+        + "; ".join(f"{k}: {v}" for k, v in PICK_HELP.items()) + f". Default: {DEFAULT_PICK}."
+    ),
+    beta: float = typer.Option(
+        1.0, "--beta", help="Exponent of the sampled picks (power, softrank, power-balanced, classnorm)."
+    ),
     balance: bool = typer.Option(
-        False, "--balance", help="Class-balanced picks: the best of each predicted class in turn, "
-        "instead of the global top N (score-based schemes)."
+        False, "--balance", help="Alias of --pick balanced: the best of each predicted class in turn."
+    ),
+    no_calibration: bool = typer.Option(
+        False, "--no-calibration", help="Raw softmax and gradients: ignore the temperature that train fitted."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object on stdout."),
     fmt: str = typer.Option(
@@ -84,7 +96,8 @@ def select(
             summary = select_pool(
                 pool, model, output, scheme=scheme, n=n, batch_size=batch_size, device=device, seed=seed,
                 pool_subset=pool_subset, norm=norm, mc_passes=mc_passes, progress=progress, fmt=fmt,
-                dist=dist, log=log, samples=samples, balance=balance,
+                dist=dist, log=log, samples=samples, balance=balance, pick=pick, beta=beta,
+                calibrated=not no_calibration,
             )
     finally:
         if dist is not None:

@@ -40,19 +40,23 @@ def score(model: nn.Module, batch, scheme: str, **kw) -> np.ndarray:
     added). Keywords: `norm` ("l2" or "tensor-sum", gradient-norm schemes), `mc_passes` (bald,
     default 20), `seed` (random, bald, badge and the sampled `expected`; default 0), `samples`
     (`expected` on per-pixel outputs: label maps drawn, default 8), `labelled_features` (coreset:
-    (M, F) features of labelled particles, the initial centres).
+    (M, F) features of labelled particles, the initial centres), `calibrated` (default True:
+    divide the logits by the model's fitted temperature, as `select` does; False: raw logits).
 
     For `coreset` and `badge`, which choose a set rather than score one sample at a time, the
     batch is ordered greedily in full and each sample's score is its gain when picked: the
     distance to the nearest earlier pick (coreset in feature space, starting from the labelled
     features if given; badge in gradient-embedding space). `select` ranks by that pick order.
     """
+    from cryoal.calibration import temperature_of
+
     sch = get_scheme(scheme)
     x = as_model_input(model, batch)
     seed = kw.get("seed", 0)
+    t = temperature_of(model) if kw.get("calibrated", True) else 1.0
     if isinstance(sch, ScoreScheme):
         ctx = ScoreContext.make(norm=kw.get("norm", "l2"), mc_passes=kw.get("mc_passes", 20), seed=seed,
-                                samples=kw.get("samples", 8))
+                                samples=kw.get("samples", 8), temperature=t)
         return sch.score(model, x, ctx)[0]
     assert isinstance(sch, BatchScheme)
     from cryoal.scoring.diversity import gains_by_index, penultimate
@@ -62,7 +66,7 @@ def score(model: nn.Module, batch, scheme: str, **kw) -> np.ndarray:
         logits, feats = penultimate(model, x)
     from cryoal.scoring.segmentation import pooled_probs
 
-    probs = pooled_probs(torch.softmax(logits.double(), dim=1).cpu().numpy())  # (B, C) per sample
+    probs = pooled_probs(torch.softmax(logits.double() / t, dim=1).cpu().numpy())  # (B, C) per sample
     labelled = kw.get("labelled_features")
     order, gains = sch.choose(probs, feats.double().cpu().numpy(), len(x), labelled, seed)
     return gains_by_index(order, gains, len(x))

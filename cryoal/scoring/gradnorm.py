@@ -91,12 +91,15 @@ def _quad(alpha: Tensor, gram: Tensor) -> Tensor:
 
 def gradnorm_scores(
     model: nn.Module, x: Tensor, schemes: tuple[str, ...] = GRADNORM_SCHEMES, norm: str = "l2",
-    samples: int | None = None, generator: torch.Generator | None = None,
+    samples: int | None = None, generator: torch.Generator | None = None, temperature: float = 1.0,
 ) -> GradnormResult:
     """Score a batch (B, 1, ...) with the gradient-norm schemes named in `schemes`.
 
     The model is used in eval mode and on its own device; `x` is moved there. `samples` and
     `generator` only matter for dense outputs (the sampled `expected`; see the module docstring).
+    `temperature` T scores the temperature-scaled logits z / T (`cryoal.calibration`): p is
+    softmax(z / T) and every parameter gradient carries the factor 1 / T (K becomes K / T^2).
+    Classifier outputs (B, C) only.
     """
     from cryoal.scoring import segmentation as dense
 
@@ -106,13 +109,18 @@ def gradnorm_scores(
     if unknown:
         raise ValueError(f"not a gradient-norm scheme: {sorted(unknown)}")
     entropy_only = set(schemes) == {"entropy"}
+    t = float(temperature)
+    if not (t > 0 and np.isfinite(t)):
+        raise ValueError(f"temperature must be finite and > 0, got {temperature!r}")
 
     def seeds(logits: Tensor) -> Tensor:
         if logits.dim() > 2:  # per-pixel outputs
+            if t != 1.0:
+                raise ValueError("temperature scaling applies to classifier outputs (B, C), not per-pixel")
             return dense.dense_seeds(logits, schemes, samples or dense.DEFAULT_SAMPLES, generator)
         b, c = logits.shape
-        if entropy_only:
-            logp = torch.log_softmax(logits.double(), dim=1)
+        if entropy_only:  # the direction of d H(softmax(z/T)) / dz; its 1/T is applied to K below
+            logp = torch.log_softmax(logits.double() / t, dim=1)
             p = logp.exp()
             h = -(p * logp).sum(1, keepdim=True)
             return (-p * (logp + h)).to(logits.dtype).unsqueeze(1)  # (B, 1, C)
@@ -137,13 +145,15 @@ def gradnorm_scores(
     if res.output.dim() > 2:
         probs = torch.softmax(res.output.double(), dim=1).float().cpu().numpy()
         return GradnormResult(scores=dense.dense_scores(res, schemes, norm), probs=probs)
-    logits = res.output.double()
+    logits = res.output.double() / t  # temperature-scaled logits z / T
     if logits.dim() != 2:
         raise ValueError(f"gradient-norm scoring expects logits (B, C), got {tuple(logits.shape)}")
     logp = torch.log_softmax(logits, dim=1)
     p = logp.exp()
     b, c = p.shape
     grams = [res.total] if norm == "l2" else list(res.per_tensor.values())  # type: ignore[union-attr]
+    if t != 1.0:  # d(z/T)/dtheta = J / T: every per-sample Gram K = J J^T scales by 1 / T^2
+        grams = [g / (t * t) for g in grams]
 
     out: dict[str, np.ndarray] = {}
     if entropy_only:

@@ -24,9 +24,12 @@ def _norms(grads: list[Tensor | None]) -> dict[str, float]:
 
 
 def reference_scores_by_norm(
-    model: nn.Module, x: Tensor, schemes: tuple[str, ...] = ("expected", "entropy")
+    model: nn.Module, x: Tensor, schemes: tuple[str, ...] = ("expected", "entropy"), temperature: float = 1.0,
 ) -> dict[str, dict[str, np.ndarray]]:
-    """Per-sample loop: `{norm: {scheme: (B,) float64}}` for both norms from the same gradients."""
+    """Per-sample loop: `{norm: {scheme: (B,) float64}}` for both norms from the same gradients.
+
+    The losses are those of the temperature-scaled logits model(x) / `temperature`.
+    """
     params = [p for p in model.parameters() if p.requires_grad]
     out = {n: {s: np.zeros(x.shape[0]) for s in schemes} for n in NORMS}
     with eval_mode(model):
@@ -34,14 +37,14 @@ def reference_scores_by_norm(
             xi = x[i : i + 1]
             if "expected" in schemes:
                 with torch.no_grad():
-                    p = torch.softmax(model(xi).double(), dim=1)[0]
+                    p = torch.softmax(model(xi).double() / temperature, dim=1)[0]
                 for c in range(p.shape[0]):
-                    loss = F.cross_entropy(model(xi), torch.tensor([c], device=x.device))
+                    loss = F.cross_entropy(model(xi) / temperature, torch.tensor([c], device=x.device))
                     norms = _norms(list(torch.autograd.grad(loss, params, allow_unused=True)))
                     for n in NORMS:
                         out[n]["expected"][i] += float(p[c]) * norms[n]
             if "entropy" in schemes:
-                logp = torch.log_softmax(model(xi), dim=1)
+                logp = torch.log_softmax(model(xi) / temperature, dim=1)
                 loss = -(logp.exp() * logp).sum()
                 norms = _norms(list(torch.autograd.grad(loss, params, allow_unused=True)))
                 for n in NORMS:
@@ -50,7 +53,8 @@ def reference_scores_by_norm(
 
 
 def reference_scores(
-    model: nn.Module, x: Tensor, norm: str = "l2", schemes: tuple[str, ...] = ("expected", "entropy")
+    model: nn.Module, x: Tensor, norm: str = "l2", schemes: tuple[str, ...] = ("expected", "entropy"),
+    temperature: float = 1.0,
 ) -> dict[str, np.ndarray]:
     """Per-sample loop: `{scheme: (B,) float64}` for `expected` and/or `entropy` under `norm`."""
-    return reference_scores_by_norm(model, x, schemes)[norm]
+    return reference_scores_by_norm(model, x, schemes, temperature)[norm]

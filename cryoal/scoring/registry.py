@@ -40,15 +40,16 @@ class ScoreContext:
     rng: np.random.Generator = field(default_factory=lambda: np.random.default_rng(0))
     samples: int = 8  # label maps drawn for `expected` on dense (per-pixel) outputs
     generator: torch.Generator | None = None  # draws those label maps; persists across batches
+    temperature: float = 1.0  # logits are divided by it wherever probabilities or losses are taken
 
     @classmethod
     def make(cls, norm: str = "l2", mc_passes: int = 20, seed: int | None = 0,
-             samples: int = 8) -> ScoreContext:
+             samples: int = 8, temperature: float = 1.0) -> ScoreContext:
         gen = torch.Generator()
         if seed is not None:
             gen.manual_seed(int(np.random.SeedSequence([seed, 2]).generate_state(1)[0]))
         return cls(norm=norm, mc_passes=mc_passes, seed=seed, rng=np.random.default_rng(seed_stream(seed, 1)),
-                   samples=samples, generator=gen)
+                   samples=samples, generator=gen, temperature=float(temperature))
 
 
 ScoreFn = Callable[[nn.Module, Tensor, ScoreContext], tuple[np.ndarray, np.ndarray]]
@@ -60,6 +61,7 @@ class ScoreScheme:
     help: str
     fn: ScoreFn
     kind: str = "score"
+    nonnegative: bool = True  # scores are never < 0 (the power picks draw proportional to score^beta)
 
     def score(self, model: nn.Module, x: Tensor, ctx: ScoreContext) -> tuple[np.ndarray, np.ndarray]:
         """(scores (B,), probs (B, C, ...)) for one batch: probs as the model outputs them, per
@@ -84,18 +86,19 @@ class BatchScheme:
 
 
 @torch.no_grad()
-def predict_probs(model: nn.Module, x: Tensor) -> np.ndarray:
-    """Softmax probabilities (B, C) in eval mode ((B, C, *spatial) for per-pixel outputs)."""
+def predict_probs(model: nn.Module, x: Tensor, temperature: float = 1.0) -> np.ndarray:
+    """Softmax probabilities of logits / temperature (B, C) in eval mode ((B, C, *spatial) for
+    per-pixel outputs)."""
     from cryoal.scoring.gram import eval_mode
 
     with eval_mode(model):
-        return torch.softmax(model(x).double(), dim=1).cpu().numpy()
+        return torch.softmax(model(x).double() / temperature, dim=1).cpu().numpy()
 
 
 def _gradnorm(name: str) -> ScoreFn:
     def fn(model, x, ctx):
         res = gradnorm_scores(model, x, schemes=(name,), norm=ctx.norm, samples=ctx.samples,
-                              generator=ctx.generator)
+                              generator=ctx.generator, temperature=ctx.temperature)
         return res.scores[name], res.probs
     return fn
 
@@ -103,21 +106,21 @@ def _gradnorm(name: str) -> ScoreFn:
 def _softmax_scheme(score: Callable[[np.ndarray], np.ndarray]) -> ScoreFn:
     # per-pixel outputs get the pixel mean of the per-pixel score (the score itself for (B, C))
     def fn(model, x, ctx):
-        p = predict_probs(model, x)
+        p = predict_probs(model, x, ctx.temperature)
         return pixel_mean(score, p), p
     return fn
 
 
 def _random(model, x, ctx):
-    p = predict_probs(model, x)
+    p = predict_probs(model, x, ctx.temperature)
     return ctx.rng.random(len(p)), p
 
 
 def _bald(model, x, ctx):
     if not uncertainty.has_dropout(model):
         raise CryoalError("bald needs a model with a dropout layer (MC dropout); this one has none")
-    p = predict_probs(model, x)
-    mc = uncertainty.mc_dropout_probs(model, x, ctx.mc_passes, seed=ctx.seed)
+    p = predict_probs(model, x, ctx.temperature)
+    mc = uncertainty.mc_dropout_probs(model, x, ctx.mc_passes, seed=ctx.seed, temperature=ctx.temperature)
     return pixel_mean_mc(uncertainty.bald_from_probs, mc), p
 
 

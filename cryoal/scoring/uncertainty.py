@@ -49,7 +49,8 @@ def has_dropout(model: nn.Module) -> bool:
 
 
 @torch.no_grad()
-def mc_dropout_probs(model: nn.Module, x: Tensor, passes: int, seed: int | None = 0) -> np.ndarray:
+def mc_dropout_probs(model: nn.Module, x: Tensor, passes: int, seed: int | None = 0,
+                     temperature: float = 1.0) -> np.ndarray:
     """Softmax outputs (T, B, C) of `passes` forwards with only the dropout layers in train mode.
 
     BatchNorm and everything else stay in eval mode, so samples do not interact. With `seed`
@@ -62,5 +63,5 @@ def mc_dropout_probs(model: nn.Module, x: Tensor, passes: int, seed: int | None 
         for m in model.modules():
             if isinstance(m, DROPOUT_TYPES):
                 m.train()
-        out = [torch.softmax(model(x).double(), dim=1).cpu().numpy() for _ in range(passes)]
+        out = [torch.softmax(model(x).double() / temperature, dim=1).cpu().numpy() for _ in range(passes)]
     return np.stack(out)

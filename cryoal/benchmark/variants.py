@@ -1,0 +1,56 @@
+"""Benchmark scheme names: a score, a pick and a calibration in one name.
+
+`<scheme>[:<pick>][:uncalibrated]`, e.g. `expected:power`, `expected:balanced:uncalibrated`:
+- `<scheme>` is a `cryoal select --scheme` (the registry's names);
+- `<pick>` is a `--pick` (`cryoal.scoring.picks`); without it the variant does what
+  `cryoal select --scheme <scheme>` does by default, so a bare name measures what users get;
+- `uncalibrated` is `--no-calibration` (raw logits instead of the fitted temperature).
+`<scheme>-balanced` (the older spelling) is an alias of `<scheme>:balanced`. The name as written
+is what curves.csv and the tables show.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cryoal.errors import CryoalError
+from cryoal.scoring.picks import PICKS
+
+BALANCED_SUFFIX = "-balanced"
+UNCALIBRATED = "uncalibrated"
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One benchmark scheme: what `select` is called with."""
+
+    name: str
+    scheme: str
+    pick: str | None  # None: select's default for the scheme
+    calibrated: bool = True
+
+
+def parse_variant(name: str, known: tuple[str, ...],
+                  batch: tuple[str, ...] = ("coreset", "badge")) -> Variant:
+    """The Variant a benchmark scheme name stands for; CryoalError naming what is wrong."""
+    parts = name.split(":")
+    calibrated = True
+    if len(parts) > 1 and parts[-1] == UNCALIBRATED:
+        calibrated, parts = False, parts[:-1]
+    if len(parts) > 2:
+        raise CryoalError(f"--schemes: '{name}': expected <scheme>[:<pick>][:{UNCALIBRATED}]")
+    scheme, pick = parts[0], (parts[1] if len(parts) == 2 else None)
+    if pick is None and scheme.endswith(BALANCED_SUFFIX) and scheme not in known:
+        scheme, pick = scheme.removesuffix(BALANCED_SUFFIX), "balanced"
+    if scheme not in known:
+        raise CryoalError(f"--schemes: unknown scheme '{name}'; choose from {', '.join(known)}, "
+                          f"optionally as <scheme>:<pick>[:{UNCALIBRATED}]")
+    if pick is not None and pick not in PICKS:
+        raise CryoalError(f"--schemes: '{name}': unknown pick '{pick}'; choose from {', '.join(PICKS)}")
+    if pick is not None and scheme in batch:
+        raise CryoalError(f"--schemes: '{name}': {scheme} already builds a diverse batch; "
+                          "a pick applies to score-based schemes")
+    return Variant(name, scheme, pick, calibrated)
+
+
+__all__ = ["BALANCED_SUFFIX", "UNCALIBRATED", "Variant", "parse_variant"]
