@@ -63,7 +63,7 @@ def check_destination(out_dir: Path, force: bool, keep: Sequence[Path] = ()) -> 
     Never replaces a directory holding any path in `keep` (the pool) or the working directory,
     even with `force`.
     """
-    check_output_dir(out_dir)
+    check_output_dir(out_dir, directory=True)
     if not out_dir.exists() and not out_dir.is_symlink():
         return
     if not out_dir.is_dir() or out_dir.is_symlink():

@@ -18,12 +18,18 @@ from cryoal.errors import CryoalError
 _FICLONE = 0x40049409  # Linux ioctl: share extents (copy-on-write clone) on btrfs/xfs
 
 
-def check_output_dir(path: str | os.PathLike) -> Path:
-    """Return `path` as a Path, or raise if its parent directory does not exist."""
+def check_output_dir(path: str | os.PathLike, *, directory: bool = False) -> Path:
+    """Return `path` as a Path, or raise if its parent directory does not exist.
+
+    `path` is a file to write unless `directory` is set: an existing directory there is an error
+    named by the user's path (the final rename would otherwise fail naming a temporary file).
+    """
     p = Path(path)
     parent = p.parent if str(p.parent) else Path(".")
     if not parent.is_dir():
         raise CryoalError(f"{p}: directory {parent} does not exist")
+    if not directory and p.is_dir():
+        raise CryoalError(f"{p}: is a directory; give the name of a file to write")
     return p
 
 

@@ -47,6 +47,8 @@ def _open_h5(path: Path, mode: str) -> h5py.File:
 def _check_pool_file(path: Path) -> None:
     if not path.exists():
         raise PoolError(f"{path}: pool file not found")
+    if path.is_dir():
+        raise PoolError(f"{path}: is a directory, not a pool file")
     if not h5py.is_hdf5(path):
         raise PoolError(f"{path}: not an HDF5 pool file")
 
