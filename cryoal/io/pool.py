@@ -23,6 +23,7 @@ from cryoal.io.atomic import (
     check_output_dir,
     copy_for_update,
     exclusive_lock,
+    remove_stale_temps,
     temp_path_for,
 )
 
@@ -271,6 +272,7 @@ def edit_pool(path: str | os.PathLike) -> Iterator[h5py.File]:
     path = Path(path)
     _check_pool_file(path)
     with exclusive_lock(path):
+        remove_stale_temps(path, locked=True)  # the lock says no other writer is alive
         tmp = temp_path_for(path)
         try:
             copy_for_update(path, tmp)
@@ -340,6 +342,7 @@ class PoolWriter:
         else:
             self._lock = exclusive_lock(self.path)
             self._lock.__enter__()
+            remove_stale_temps(self.path, locked=True)
             self._tmp = temp_path_for(self.path)
             self._h5 = _open_h5(self._tmp, "w")
         return self
