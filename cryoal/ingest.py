@@ -47,6 +47,7 @@ from pathlib import Path
 import numpy as np
 
 from cryoal.errors import CryoalError, InputError
+from cryoal.io.atomic import check_output_dir
 from cryoal.io.images import ImageFile, image_stem, is_image_name
 from cryoal.io.mrc import MrcFile, is_mrc_name, mrc_stem
 from cryoal.io.pool import PoolWriter, open_pool
@@ -451,7 +452,7 @@ def ingest(
     Raises CryoalError (nothing written) on any bad input without `skip_bad`.
     """
     opts = opts or IngestOptions()
-    output = Path(output)
+    output = check_output_dir(output)  # a directory at -o is named now, before any input is read
     if opts.mode not in INGEST_MODES:
         known = ", ".join(INGEST_MODES)
         raise CryoalError(f"--mode {opts.mode}: ingest builds {known} pools")

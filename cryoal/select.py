@@ -24,6 +24,8 @@ from cryoal.scoring.picks import interleave_by_class, pick_order, rank_by_score 
 CSV_COLUMNS = ("rank", "particle_id", "score", "predicted_label", "confidence", "source", "tomo",
                "x", "y", "z", "label")
 CONFIDENCE_FORMAT = ".6g"
+# `-n` when none is given: a first page for the expert (fewer when fewer particles are candidates).
+DEFAULT_N = 100
 Progress = Callable[[int, int], None]
 
 
@@ -76,14 +78,15 @@ def _format_coord(v: float) -> str:
 
 
 def select_from_pool(
-    pool, model, *, scheme: str, n: int, batch_size: int = 32, seed: int | None = 0,
+    pool, model, *, scheme: str, n: int | None, batch_size: int = 32, seed: int | None = 0,
     pool_subset: int | None = None, norm: str = "l2", mc_passes: int = 20,
     progress: Progress | None = None, dist=None, samples: int = 8, balance: bool = False,
     pick: str | None = None, beta: float = 1.0, calibrated: bool = True, score_cache: dict | None = None,
 ) -> Ranked | None:
     """Score an open pool's unlabelled particles with `model` (already on its device) and rank them.
 
-    Returns the top `n` (every candidate when `n == 0`). Raises CryoalError on bad options.
+    Returns the top `n` (every candidate when `n == 0`; `n=None` means `DEFAULT_N`, or every
+    candidate when there are fewer). Raises CryoalError on bad options.
     Under torchrun (`dist`, a `cryoal.distributed.DistContext` with several ranks) each rank
     scores a contiguous run of the batches one process would score (batch boundaries fixed to
     global positions, see `cryoal.io.prefetch.batch_plan`), rank 0 gathers the per-particle
@@ -111,7 +114,7 @@ def select_from_pool(
     from cryoal.scoring.uncertainty import has_dropout
 
     sch = get_scheme(scheme)
-    if n < 0:
+    if n is not None and n < 0:
         raise CryoalError(f"-n {n}: must be 0 (every unlabelled particle) or more")
     if batch_size < 1:
         raise CryoalError(f"--batch-size {batch_size}: must be at least 1")
@@ -135,6 +138,8 @@ def select_from_pool(
     if n_unlabelled == 0:
         raise CryoalError(f"{pool.path}: every particle is labelled; there is nothing to select")
     cand = candidate_indices(labels, pool_subset, seed)
+    if n is None:  # the default page is a convenience, never an error on a small pool
+        n = min(DEFAULT_N, cand.size)
     if n > cand.size:
         what = f"the {cand.size} particles of --pool-subset" if cand.size < n_unlabelled else \
             f"the {n_unlabelled} unlabelled particles of the pool"
@@ -292,7 +297,7 @@ def output_paths(out: str | os.PathLike, fmt: str) -> dict[str, str]:
 
 def select_pool(
     pool_path: str | os.PathLike, model_path: str | os.PathLike, out_csv: str | os.PathLike, *,
-    scheme: str, n: int, batch_size: int = 32, device: str = "auto", seed: int | None = 0,
+    scheme: str, n: int | None = None, batch_size: int = 32, device: str = "auto", seed: int | None = 0,
     pool_subset: int | None = None, norm: str = "l2", mc_passes: int = 20,
     progress: Progress | None = None, fmt: str = "csv", dist=None, log=None, samples: int = 8,
     balance: bool = False, pick: str | None = None, beta: float = 1.0, calibrated: bool = True,

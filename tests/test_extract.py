@@ -289,13 +289,13 @@ def test_relion4_pixels_and_pool_columns(tmp_path, tomo_dir):
     ids = {"TS_01_1": ("TS_01", PICKS[0]), "TS_02_1": ("TS_02", PICKS[1]), "TS_01_2": ("TS_01", PICKS[2])}
     _check_boxes(tmp_path / "pool.h5", tomo_dir, ids)
     with open_pool(tmp_path / "pool.h5") as pool:
-        # order: tomograms by first appearance, then by z within a tomogram (PICKS[2] has z 12 < 14)
-        assert list(pool.particle_ids) == ["TS_01_2", "TS_01_1", "TS_02_1"]
-        assert list(pool.tomos) == ["TS_01", "TS_01", "TS_02"]
-        np.testing.assert_array_equal(pool.coords, [PICKS[2], PICKS[0], PICKS[1]])
+        # order: the picks file's, although TS_01 is read in z order (PICKS[2] has z 12 < 14)
+        assert list(pool.particle_ids) == ["TS_01_1", "TS_02_1", "TS_01_2"]
+        assert list(pool.tomos) == ["TS_01", "TS_02", "TS_01"]
+        np.testing.assert_array_equal(pool.coords, [PICKS[0], PICKS[1], PICKS[2]])
         assert set(pool.meta_columns) == set(cols)
-        assert list(pool.meta("rlnAutopickFigureOfMerit")) == ["0.7", "0.9", "0.5"]
-        assert list(pool.meta("rlnCoordinateX")) == ["30", "20", "40"]
+        assert list(pool.meta("rlnAutopickFigureOfMerit")) == ["0.9", "0.5", "0.7"]
+        assert list(pool.meta("rlnCoordinateX")) == ["20", "40", "30"]
         assert pool.voxel_size == PIXEL and pool.box == 16 and pool.mode == "subtomogram"
         assert not pool.edge.any()
         assert list(pool.labels) == [-1, -1, -1]
@@ -349,7 +349,7 @@ def test_bin2_matches_fourier_crop_reference(tmp_path, tomo_dir):
         np.testing.assert_allclose(got[f"TS_01/{i + 1}"], want, rtol=0, atol=1e-4)
     with open_pool(tmp_path / "pool.h5") as pool:
         assert pool.voxel_size == 2 * PIXEL and pool.shape == (8, 8, 8)
-        np.testing.assert_allclose(pool.coords, sorted(PICKS, key=lambda p: p[::-1]))  # tomogram pixels
+        np.testing.assert_allclose(pool.coords, PICKS)  # tomogram pixels, in the picks' order
 
 
 # ------------------------------------------------------------------------------------------
@@ -421,6 +421,53 @@ def test_some_picks_outside_are_skipped_and_counted(tmp_path, tomo_dir):
     assert result.exit_code == 0, result.output
     assert "outside 3" in result.stdout
     assert list(_pool_boxes_by_id(tmp_path / "pool.h5")) == ["TS_01_1"]
+
+
+# Picks of two tomograms, interleaved, with z values in no order; one lies outside its tomogram.
+UNSORTED = [("TS_02", (40, 20, 30)), ("TS_01", (20, 30, 14)), ("TS_01", (30, 25, 29)),
+            ("TS_02", (25, 22, 9)), ("TS_01", (500, 20, 20)), ("TS_01", (45, 12, 10)),
+            ("TS_02", (12, 35, 21)), ("TS_01", (33, 18, 24)), ("TS_02", (50, 30, 12))]
+
+
+@pytest.mark.parametrize("batch_boxes", [1000, 3])
+def test_pool_rows_follow_the_picks_file_not_the_read_order(tmp_path, tomo_dir, monkeypatch, batch_boxes):
+    import cryoal.extract.run as run_module
+
+    # 3 boxes a batch: the batches of one tomogram scatter over the pool's rows
+    monkeypatch.setattr(run_module, "BATCH_BYTES", batch_boxes * 16**3 * 4)
+    cols = {"particle_id": [f"k{i}" for i in range(len(UNSORTED))], "tomo": [t for t, _ in UNSORTED]}
+    cols |= {axis: [p[k] for _, p in UNSORTED] for k, axis in enumerate("xyz")}
+    csv = write_csv(tmp_path / "picks.csv", cols)
+    result = run(csv, "-t", tomo_dir, "-o", tmp_path / "pool.h5", "--box", 16)
+    assert result.exit_code == 0, result.output
+    kept = [(f"k{i}", t, p) for i, (t, p) in enumerate(UNSORTED) if p[0] < 64]
+    with open_pool(tmp_path / "pool.h5") as pool:
+        assert list(pool.particle_ids) == [pid for pid, _, _ in kept]  # row k is the k-th extracted pick
+        assert list(pool.tomos) == [t for _, t, _ in kept]
+        np.testing.assert_array_equal(pool.coords, [p for _, _, p in kept])
+        assert list(pool.meta("z")) == [str(p[2]) for _, _, p in kept]
+        for row, (pid, tomo, xyz) in enumerate(kept):  # and each row holds its own pick's box
+            vol = mrcfile.read(tomo_dir / f"{tomo}.mrc")
+            want = reference_zscore(reference_box(vol, xyz, 16, 0.0))
+            np.testing.assert_allclose(pool.read([row])[0], want, rtol=0, atol=2e-6, err_msg=pid)
+
+
+def test_append_puts_new_picks_after_the_pool_in_file_order(tmp_path, tomo_dir):
+    pool = tmp_path / "pool.h5"
+    first = write_csv(tmp_path / "a.csv", {"particle_id": ["old"], "tomo": ["TS_01"], "x": [20], "y": [30],
+                                           "z": [14]})
+    assert run(first, "-t", tomo_dir, "-o", pool, "--box", 16).exit_code == 0
+    picks = [("TS_02", (40, 20, 30)), ("TS_01", (30, 25, 29)), ("TS_02", (25, 22, 9))]
+    second = write_csv(tmp_path / "b.csv", {"particle_id": ["n1", "n2", "n3"], "tomo": [t for t, _ in picks],
+                                            "x": [p[0] for _, p in picks], "y": [p[1] for _, p in picks],
+                                            "z": [p[2] for _, p in picks]})
+    result = run(second, "-t", tomo_dir, "-o", pool, "--box", 16, "--append")
+    assert result.exit_code == 0, result.output
+    with open_pool(pool) as p:
+        assert list(p.particle_ids) == ["old", "n1", "n2", "n3"]
+        np.testing.assert_array_equal(p.coords[1:], [xyz for _, xyz in picks])
+    _check_boxes(pool, tomo_dir, {"old": ("TS_01", (20, 30, 14)), "n1": picks[0], "n2": picks[1],
+                                  "n3": picks[2]})
 
 
 # ------------------------------------------------------------------------------------------

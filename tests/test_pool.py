@@ -267,3 +267,37 @@ def test_several_particles_per_chunk_read_the_same(tmp_path):
         assert p.h5["volumes"].chunks == (4, 6, 6, 6)
         np.testing.assert_array_equal(p.read([9, 0, 4, 5]), vols[[9, 0, 4, 5]])
         np.testing.assert_array_equal(np.concatenate([v for _, v in p.iter_batches(3)]), vols)
+
+
+@pytest.mark.parametrize("layout", [{}, {"compression": "lzf"}, {"chunk_particles": 4}])
+def test_volumes_written_later_in_any_order_land_in_their_rows(tmp_path, layout):
+    """`add(None, ...)` then `write_volumes` in shuffled batches: every layout gives row k volume k,
+    after rows that were added with their volumes (an append)."""
+    path = tmp_path / "pool.h5"
+    vols = _vols(11, seed=6)
+    with PoolWriter(path, shape=vols.shape[1:], **layout) as w:
+        assert w.add(vols[:2], ["a0", "a1"], ["s"] * 2) == 0
+        first = w.add(None, [f"p{i}" for i in range(2, 11)], ["s"] * 9, coords=np.zeros((9, 3), np.float32))
+        assert first == 2
+        order = np.random.default_rng(7).permutation(np.arange(2, 11))
+        for part in np.array_split(order, 3):
+            w.write_volumes(part, vols[part])
+    with open_pool(path) as p:
+        assert list(p.particle_ids) == ["a0", "a1", *(f"p{i}" for i in range(2, 11))]
+        np.testing.assert_array_equal(p.read(np.arange(11)), vols)
+
+
+def test_rows_left_without_volumes_or_written_twice_are_refused(tmp_path):
+    path = tmp_path / "pool.h5"
+    vols = _vols(3)
+    with pytest.raises(PoolError, match="1 particles were added without their volumes"):
+        with PoolWriter(path, shape=vols.shape[1:]) as w:
+            w.add(None, ["a", "b", "c"], ["s"] * 3)
+            w.write_volumes([2, 0], vols[[2, 0]])
+    assert not path.exists() and _no_temp_files(tmp_path)
+    with pytest.raises(ValueError, match="written once"):
+        with PoolWriter(path, shape=vols.shape[1:]) as w:
+            w.add(None, ["a", "b", "c"], ["s"] * 3)
+            w.write_volumes([1], vols[[1]])
+            w.write_volumes([1], vols[[1]])
+    assert not path.exists()

@@ -1,18 +1,23 @@
 """The Typer application object and the error handling every command shares.
 
 Commands register with `@command()` (not `@app.command()`), which wraps them so that a
-user-facing error becomes one line on stderr and exit code 1, never a traceback.
+user-facing error becomes one line on stderr and exit code 1, never a traceback, and gives them
+`CryoalCommand`, which tidies every command's help the same way (see there).
 """
 
 from __future__ import annotations
 
 import functools
+import inspect
 import os
+import re
 import sys
 import traceback
 from collections.abc import Callable
 
 import typer
+from rich.markup import escape
+from typer.core import TyperArgument, TyperCommand
 
 from cryoal.errors import CryoalError
 
@@ -61,8 +66,69 @@ def handle_errors(fn: Callable) -> Callable:
     return wrapper
 
 
+def unwrap_paragraphs(text: str) -> str:
+    """Join the hard-wrapped lines of each paragraph, so that rich help wraps to the terminal.
+
+    Paragraphs are separated by a blank line. Rich help keeps every newline of a docstring, so a
+    paragraph wrapped at 100 columns in the source would break mid-sentence on screen. A line
+    starting with "- " (a list item) still starts a new line; a paragraph starting with click's
+    no-rewrap marker (\\b) is kept as it is.
+    """
+    paragraphs = []
+    for para in inspect.cleandoc(text).split("\n\n"):
+        if para.startswith("\b"):
+            paragraphs.append(para)
+            continue
+        lines: list[str] = []
+        for line in para.splitlines():
+            line = line.strip()
+            if lines and not line.startswith("- "):
+                lines[-1] = f"{lines[-1]} {line}"
+            elif line:
+                lines.append(line)
+        paragraphs.append("\n".join(lines))
+    return "\n\n".join(paragraphs)
+
+
+def plain_help(text: str | None) -> str | None:
+    """Help text as the user wrote it: paragraphs unwrapped and square brackets escaped.
+
+    The app renders help with rich markup, which would swallow "[default: all]" as an unknown
+    style tag; cryoal's help never uses markup, so every bracket is escaped.
+    """
+    return None if text is None else escape(unwrap_paragraphs(text))
+
+
+_BRACED = re.compile(r"^\{(.+)\}(\.\.\.)?$")
+
+
+class CryoalCommand(TyperCommand):
+    """A Typer command whose help reads like a Unix tool's.
+
+    - Every argument gets an upper-case metavar (`POOL`, `PICKS`) unless it sets its own.
+    - The usage line shows a required argument as `POOL`, not Typer's `{pool}`; optional ones keep
+      their `[...]`.
+    - The help, the epilog and every parameter's help go through `plain_help`.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.help = plain_help(self.help)
+        self.epilog = plain_help(self.epilog)
+        for param in self.params:
+            if isinstance(param, TyperArgument) and param.metavar is None:
+                param.metavar = param.name.upper()
+            if getattr(param, "help", None):
+                param.help = plain_help(param.help)
+
+    def collect_usage_pieces(self, ctx) -> list[str]:
+        """The usage pieces, with Typer's braces round required arguments removed."""
+        return [_BRACED.sub(r"\1\2", piece) for piece in super().collect_usage_pieces(ctx)]
+
+
 def command(*args, **kwargs) -> Callable[[Callable], Callable]:
-    """Register a CLI command with the shared error handling (use instead of `app.command`)."""
+    """Register a CLI command with the shared error handling and help (use instead of `app.command`)."""
+    kwargs.setdefault("cls", CryoalCommand)
 
     def decorator(fn: Callable) -> Callable:
         app.command(*args, **kwargs)(handle_errors(fn))

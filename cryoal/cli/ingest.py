@@ -19,7 +19,8 @@ _COMPRESSIONS = ("none", "lzf", "gzip")
 )
 def ingest(
     inputs: list[str] = typer.Argument(
-        ..., help="MRC files (image modes: also PNG, TIFF, NPY), directories (searched recursively), "
+        ..., metavar="INPUT",
+        help="MRC files (image modes: also PNG, TIFF, NPY), directories (searched recursively), "
         "quoted globs, or STAR/CSV manifests."
     ),
     output: Path = typer.Option(..., "-o", "--output", help="Pool file (HDF5) to write."),

@@ -16,7 +16,8 @@ from cryoal.cli.app import command
 def label(
     pool: Path = typer.Argument(..., help="Pool file (HDF5)."),
     table: Path = typer.Argument(
-        ..., help="CSV/TSV/STAR with particle_id and label columns (segmentation: particle_id,mask_path)."
+        ..., metavar="CSV",
+        help="CSV/TSV/STAR with particle_id and label columns (segmentation: particle_id,mask_path)."
     ),
     add_classes: bool = typer.Option(
         False, "--add-classes", help="Allow class names the pool does not have yet (added to its class list)."

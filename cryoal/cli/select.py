@@ -9,6 +9,7 @@ import typer
 
 from cryoal.cli.app import command, stderr_console
 from cryoal.scoring.picks import DEFAULT_PICK, PICK_HELP
+from cryoal.select import DEFAULT_N
 
 SCHEME_NAMES = ("expected", "entropy", "random", "max-entropy", "margin", "least-confidence", "bald",
                 "coreset", "badge")
@@ -22,7 +23,10 @@ def select(
     scheme: str = typer.Option(
         "expected", "--scheme", "-s", help=f"Scoring scheme: {', '.join(SCHEME_NAMES)}."
     ),
-    n: int = typer.Option(..., "-n", help="How many to write; 0 writes every unlabelled particle, ranked."),
+    n: int | None = typer.Option(
+        None, "-n", show_default=False, help=f"How many to write (default: {DEFAULT_N}, a first page for "
+        "the expert, or all if fewer are unlabelled); 0 writes every unlabelled particle, ranked."
+    ),
     batch_size: int = typer.Option(32, "--batch-size", help="Particles per scoring batch (memory grows)."),
     device: str = typer.Option("auto", "--device", help="auto (CUDA if present), cpu or cuda."),
     seed: int = typer.Option(

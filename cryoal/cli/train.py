@@ -138,6 +138,20 @@ def train(
         typer.echo(f"saved {output}")
 
 
+def augmentation_line(pool: Path, augment: bool) -> str:
+    """The one line `train` prints on stderr: which augmentation trains the model, and how to turn
+    it off (the default suits cryo-EM data, not every 2D data set: a mirrored digit is no digit)."""
+    from cryoal.io.pool import open_pool
+    from cryoal.modes import get_mode
+
+    if not augment:
+        return "augmentation: none (--no-augment)"
+    with open_pool(pool) as p:
+        mode = p.mode
+    return (f"augmentation: {get_mode(mode).augmentation} ({mode} mode default); --no-augment turns "
+            "it off for data without these symmetries")
+
+
 def _train(pool: Path, output: Path, dist, log_json: Path | None, **train_kwargs) -> dict:
     """Train (on this rank's share under torchrun) and save on rank 0; returns the metrics."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -148,6 +162,7 @@ def _train(pool: Path, output: Path, dist, log_json: Path | None, **train_kwargs
     from cryoal.train import train_from_pool
 
     console = stderr_console()
+    started = False
     with EventLog(log_json, command="train", enabled=dist.is_main) as log, Progress(
         TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
         TimeElapsedColumn(), console=console, transient=True, disable=not dist.is_main,
@@ -155,6 +170,11 @@ def _train(pool: Path, output: Path, dist, log_json: Path | None, **train_kwargs
         task = bar.add_task("training", total=None)
 
         def progress(info: dict) -> None:
+            nonlocal started
+            if not started and dist.is_main:  # said once training runs: a bad input fails without it
+                started = True
+                bar.console.print(augmentation_line(pool, train_kwargs["augment"]), soft_wrap=True,
+                                  markup=False, highlight=False)
             if info["event"] == "batch":
                 bar.update(task, description=f"epoch {info['epoch']}", total=info["n_batches"],
                            completed=info["batch"])

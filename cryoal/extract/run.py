@@ -5,9 +5,10 @@ tomogram, corrupt or 2D file, wrong units) is reported before a single box is cu
 the pool is touched. Running then visits one tomogram at a time and reads its boxes in
 (z, y, x) order, which walks the file front to back.
 
-Pool order: tomograms in order of first appearance in the picks file; within a tomogram, picks
-sorted by their centre voxel (z, then y, then x; ties in file order), the order the file is read.
-Particle ids do not depend on this order (see `picks.py`).
+Pool order: the picks file's order (of the picks extracted), so that pool row k is the k-th
+extracted pick, whatever order the boxes are read in. The per-particle columns are written first,
+in that order, and each box's volume goes to the row of its pick as it is cut. Particle ids do not
+depend on either order (see `picks.py`).
 """
 
 from __future__ import annotations
@@ -258,17 +259,12 @@ def _check_append(pool_path: Path, plan: Plan) -> float:
 
 
 class _Batch:
-    """Boxes waiting to be written, in one preallocated array, with their per-particle columns."""
+    """Boxes waiting to be written, in one preallocated array, with the pool rows they go to."""
 
     def __init__(self, box: int) -> None:
         capacity = max(1, BATCH_BYTES // (box**3 * 4))
         self.volumes = np.empty((capacity, box, box, box), dtype=np.float32)
-        self.clear()
-
-    def clear(self) -> None:
         self.rows: list[int] = []
-        self.coords: list[np.ndarray] = []
-        self.edge: list[bool] = []
 
     @property
     def full(self) -> bool:
@@ -278,47 +274,60 @@ class _Batch:
         """Where the next box goes (then call `add`)."""
         return self.volumes[len(self.rows)]
 
-    def add(self, row: int, position: np.ndarray, edge: bool) -> None:
-        self.rows.append(row)
-        self.coords.append(position)
-        self.edge.append(edge)
+    def add(self, pool_row: int) -> None:
+        self.rows.append(pool_row)
 
-    def flush(self, writer, picks: Picks, info: TomogramInfo) -> None:
-        if not self.rows:
-            return
-        rows = self.rows
-        writer.add(
-            self.volumes[: len(rows)],
-            [picks.particle_ids[r] for r in rows],
-            [str(info.path.resolve())] * len(rows),
-            tomos=[info.name] * len(rows),
-            coords=np.asarray(self.coords, dtype=np.float32),
-            meta={col: [values[r] for r in rows] for col, values in picks.table.items()},
-            edge=np.asarray(self.edge, dtype=bool),
-        )
-        self.clear()
+    def flush(self, writer) -> None:
+        if self.rows:
+            writer.write_volumes(self.rows, self.volumes[: len(self.rows)])
+            self.rows = []
 
 
-def _extract_tomogram(tp: TomoPlan, options: ExtractOptions, writer, picks: Picks, warn: Warn,
-                      progress: Callable[[int], None]) -> None:
+def _add_columns(plan: Plan, writer) -> np.ndarray:
+    """Append every extracted pick's per-particle columns in picks-file order, without volumes;
+    returns the pool row of each pick (-1 for picks not extracted)."""
+    tomo_of = np.full(len(plan.picks), -1, dtype=np.int64)
+    position = np.full((len(plan.picks), 3), np.nan)
+    edge = np.zeros(len(plan.picks), dtype=bool)
+    for t, tp in enumerate(plan.tomos):
+        tomo_of[tp.rows], position[tp.rows], edge[tp.rows] = t, tp.positions, tp.edge
+    rows = np.flatnonzero(tomo_of >= 0)  # ascending: the file's order
+    picks = plan.picks
+    sources = [str(tp.info.path.resolve()) for tp in plan.tomos]
+    first = writer.add(
+        None,
+        [picks.particle_ids[r] for r in rows],
+        [sources[tomo_of[r]] for r in rows],
+        tomos=[plan.tomos[tomo_of[r]].info.name for r in rows],
+        coords=position[rows].astype(np.float32),
+        meta={col: [values[r] for r in rows] for col, values in picks.table.items()},
+        edge=edge[rows],
+    )
+    pool_row = np.full(len(picks), -1, dtype=np.int64)
+    pool_row[rows] = first + np.arange(rows.size)
+    return pool_row
+
+
+def _extract_tomogram(tp: TomoPlan, options: ExtractOptions, writer, pool_row: np.ndarray,
+                      picks: Picks, warn: Warn, progress: Callable[[int], None]) -> None:
     cut = options.box * options.bin
     with open_tomogram(tp.info, warn, budget=MAPPED_BUDGET) as reader:
         fill = reader.mean() if tp.edge.any() else 0.0
         batch = _Batch(options.box)
         ahead = len(batch.volumes)
         reader.read_ahead(tp.centres[:ahead], cut)
-        for k in range(tp.rows.size):
+        for k in range(tp.rows.size):  # in reading order (z, y, x); each box goes to its pick's row
             if k % ahead == 0:  # one batch ahead: its disk reads overlap this batch's work
                 reader.read_ahead(tp.centres[k + ahead : k + 2 * ahead], cut)
             raw, _ = reader.box(tp.centres[k], cut, fill)
             # Ingest's z-score rule: mean 0, std 1; NaN/Inf or a constant box is bad input, named here.
             name = f"{tp.info.path}: box of particle '{picks.particle_ids[tp.rows[k]]}'"
             zscore(fourier_bin(raw, options.bin), name, out=batch.next_slot())
-            batch.add(int(tp.rows[k]), tp.positions[k], bool(tp.edge[k]))
+            batch.add(int(pool_row[tp.rows[k]]))
             if batch.full:
-                batch.flush(writer, picks, tp.info)
+                batch.flush(writer)
             progress(1)
-        batch.flush(writer, picks, tp.info)
+        batch.flush(writer)
 
 
 def run_extraction(
@@ -345,9 +354,10 @@ def run_extraction(
                     append=append, compression=None) as writer:
         if append and math.isnan(old_voxel_size) and not math.isnan(plan.voxel_size):
             writer.set_voxel_size(plan.voxel_size)  # the pool did not know its voxel size yet
+        pool_row = _add_columns(plan, writer)
         for tp in plan.tomos:
             if tp.rows.size:
-                _extract_tomogram(tp, options, writer, plan.picks, warn, step)
+                _extract_tomogram(tp, options, writer, pool_row, plan.picks, warn, step)
             n_edge = int(tp.edge.sum())
             summary.tomograms.append(TomoSummary(
                 name=tp.info.name, path=str(tp.info.path), picks=tp.n_picks, extracted=int(tp.rows.size),

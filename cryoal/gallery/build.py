@@ -23,7 +23,7 @@ from cryoal.errors import CryoalError, InputError
 from cryoal.gallery import montage, page
 from cryoal.gallery.selection import Item
 from cryoal.gallery.views import DEFAULT_LOWPASS_VOXELS, default_slab, mask_planes, particle_views
-from cryoal.io.atomic import check_output_dir
+from cryoal.io.atomic import check_output_dir, remove_stale_temps
 from cryoal.io.pool import Pool
 
 MARKER = ".cryoal-gallery"
@@ -63,7 +63,7 @@ def check_destination(out_dir: Path, force: bool, keep: Sequence[Path] = ()) -> 
     Never replaces a directory holding any path in `keep` (the pool) or the working directory,
     even with `force`.
     """
-    check_output_dir(out_dir)
+    check_output_dir(out_dir, directory=True)
     if not out_dir.exists() and not out_dir.is_symlink():
         return
     if not out_dir.is_dir() or out_dir.is_symlink():
@@ -175,6 +175,7 @@ def build_gallery(
     n_pages = math.ceil(len(items) / opts.per_page)
     columns = montage.page_columns(opts.per_page)
 
+    remove_stale_temps(out_dir, tags=("tmp", "old"))  # staging and set-aside directories of killed runs
     tmp = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()

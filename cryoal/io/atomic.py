@@ -1,6 +1,8 @@
 """Atomic file writes: write a temporary file beside the target, then rename it into place.
 
-A crash or Ctrl-C at any point leaves either the old file or the new one, never a mix.
+A crash or Ctrl-C at any point leaves either the old file or the new one, never a mix. A killed
+process (SIGKILL, power loss) cannot remove its temporary file `.<name>.tmp-<pid>`; the next write
+of the same target removes it (`remove_stale_temps`) and says so on stderr.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ import contextlib
 import fcntl
 import os
 import shutil
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
@@ -18,12 +21,18 @@ from cryoal.errors import CryoalError
 _FICLONE = 0x40049409  # Linux ioctl: share extents (copy-on-write clone) on btrfs/xfs
 
 
-def check_output_dir(path: str | os.PathLike) -> Path:
-    """Return `path` as a Path, or raise if its parent directory does not exist."""
+def check_output_dir(path: str | os.PathLike, *, directory: bool = False) -> Path:
+    """Return `path` as a Path, or raise if its parent directory does not exist.
+
+    `path` is a file to write unless `directory` is set: an existing directory there is an error
+    named by the user's path (the final rename would otherwise fail naming a temporary file).
+    """
     p = Path(path)
     parent = p.parent if str(p.parent) else Path(".")
     if not parent.is_dir():
         raise CryoalError(f"{p}: directory {parent} does not exist")
+    if not directory and p.is_dir():
+        raise CryoalError(f"{p}: is a directory; give the name of a file to write")
     return p
 
 
@@ -32,10 +41,62 @@ def temp_path_for(dest: Path) -> Path:
     return dest.with_name(f".{dest.name}.tmp-{os.getpid()}")
 
 
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: no signal, only the existence check
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def remove_stale_temps(
+    dest: str | os.PathLike, *, locked: bool = False, tags: tuple[str, ...] = ("tmp",)
+) -> list[Path]:
+    """Remove the temporary files (or directories) that killed writes of `dest` left beside it.
+
+    A name `.<dest name>.<tag>-<pid>` (tag `tmp`; the gallery also moves the previous gallery
+    aside as `old`) is stale when its writer cannot finish it: always when the caller holds
+    `dest`'s lock (`locked`; every writer holds it while its temporary file exists), otherwise
+    only when no process `<pid>` is running on this machine. The caller's own names are never
+    touched. Each removal is reported in one line on stderr; returns the paths removed.
+    """
+    dest = Path(dest)
+    parent = dest.parent if str(dest.parent) else Path(".")
+    prefixes = tuple(f".{dest.name}.{tag}-" for tag in tags)
+    removed: list[Path] = []
+    try:
+        entries = list(os.scandir(parent))
+    except OSError:
+        return removed  # no directory to clean: the write itself reports what is wrong
+    for entry in entries:
+        prefix = next((p for p in prefixes if entry.name.startswith(p)), None)
+        pid_text = entry.name[len(prefix):] if prefix else ""
+        if not pid_text.isdigit():
+            continue
+        pid = int(pid_text)
+        if pid == os.getpid() or (not locked and _process_alive(pid)):
+            continue
+        path = parent / entry.name
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+        except FileNotFoundError:
+            continue  # another cleaner was first
+        removed.append(path)
+        print(f"warning: removed {path}, a temporary copy of {dest.name} left by an interrupted write "
+              f"(process {pid})", file=sys.stderr)
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_path(dest: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path; on success it replaces `dest`, on any exception it is deleted."""
     dest = check_output_dir(dest)
+    remove_stale_temps(dest)
     tmp = temp_path_for(dest)
     try:
         yield tmp

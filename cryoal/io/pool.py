@@ -23,6 +23,7 @@ from cryoal.io.atomic import (
     check_output_dir,
     copy_for_update,
     exclusive_lock,
+    remove_stale_temps,
     temp_path_for,
 )
 
@@ -47,6 +48,8 @@ def _open_h5(path: Path, mode: str) -> h5py.File:
 def _check_pool_file(path: Path) -> None:
     if not path.exists():
         raise PoolError(f"{path}: pool file not found")
+    if path.is_dir():
+        raise PoolError(f"{path}: is a directory, not a pool file")
     if not h5py.is_hdf5(path):
         raise PoolError(f"{path}: not an HDF5 pool file")
 
@@ -269,6 +272,7 @@ def edit_pool(path: str | os.PathLike) -> Iterator[h5py.File]:
     path = Path(path)
     _check_pool_file(path)
     with exclusive_lock(path):
+        remove_stale_temps(path, locked=True)  # the lock says no other writer is alive
         tmp = temp_path_for(path)
         try:
             copy_for_update(path, tmp)
@@ -320,6 +324,10 @@ class PoolWriter:
         self._h5: h5py.File | None = None
         self._ids: set[str] = set()
         self.n_added = 0
+        # Rows added without their volumes (`add(None, ...)`): _pending[r - _pending_from] is True
+        # until `write_volumes` fills row r.
+        self._pending_from = 0
+        self._pending = np.zeros(0, dtype=bool)
 
     # -- context ---------------------------------------------------------------------------
     def __enter__(self) -> PoolWriter:
@@ -334,6 +342,7 @@ class PoolWriter:
         else:
             self._lock = exclusive_lock(self.path)
             self._lock.__enter__()
+            remove_stale_temps(self.path, locked=True)
             self._tmp = temp_path_for(self.path)
             self._h5 = _open_h5(self._tmp, "w")
         return self
@@ -346,6 +355,11 @@ class PoolWriter:
                 exc_type, exc = PoolError, empty_error
             else:
                 self._create_datasets()  # a valid, empty pool
+        if exc_type is None and self._pending.any():  # a caller's bug: never rename such a pool in
+            empty_error = PoolError(
+                f"{self.path}: {int(self._pending.sum())} particles were added without their volumes"
+            )
+            exc_type, exc = PoolError, empty_error
         if self.append:
             self._edit.__exit__(exc_type, exc, tb)
         else:
@@ -411,7 +425,7 @@ class PoolWriter:
 
     def add(
         self,
-        volumes: np.ndarray,
+        volumes: np.ndarray | None,
         particle_ids: Sequence[str],
         sources: Sequence[str],
         *,
@@ -421,14 +435,24 @@ class PoolWriter:
         meta: dict[str, Sequence[str]] | None = None,
         edge: Sequence[bool] | np.ndarray | None = None,
         masks: np.ndarray | None = None,
-    ) -> None:
-        """Append a batch of particles. `volumes` is (n, *shape) and already normalised."""
-        volumes = np.asarray(volumes, dtype=np.float32)
-        n = volumes.shape[0]
-        if self.shape is None:
-            self.shape = tuple(volumes.shape[1:])
-        if tuple(volumes.shape[1:]) != self.shape:
-            raise PoolError(f"particle shape {volumes.shape[1:]} does not match the pool's {self.shape}")
+    ) -> int:
+        """Append a batch of particles and return the pool row of the first one.
+
+        `volumes` is (n, *shape) and already normalised. `volumes=None` appends the particles
+        without their volumes, for a writer that computes them in another order: it must then
+        fill every such row with `write_volumes` before the writer closes.
+        """
+        if volumes is None:
+            if self.shape is None:
+                raise PoolError(f"{self.path}: adding particles without volumes needs the particle shape")
+            n = len(particle_ids)
+        else:
+            volumes = np.asarray(volumes, dtype=np.float32)
+            n = volumes.shape[0]
+            if self.shape is None:
+                self.shape = tuple(volumes.shape[1:])
+            if tuple(volumes.shape[1:]) != self.shape:
+                raise PoolError(f"particle shape {volumes.shape[1:]} does not match the pool's {self.shape}")
         if len(particle_ids) != n or len(sources) != n:
             raise ValueError("particle_ids and sources must have one entry per volume")
         for pid in particle_ids:
@@ -441,7 +465,11 @@ class PoolWriter:
         assert h5 is not None
         n_before = h5["volumes"].shape[0]
 
-        self._extend("volumes", volumes)
+        if volumes is None:
+            h5["volumes"].resize(n_before + n, axis=0)  # chunks are allocated when written
+            self._mark_pending(n_before, n)
+        else:
+            self._extend("volumes", volumes)
         self._extend("particle_id", np.asarray(list(particle_ids), dtype=object))
         self._extend("source", np.asarray(list(sources), dtype=object))
         self._extend("tomo", np.asarray(list(tomos) if tomos is not None else [""] * n, dtype=object))
@@ -460,6 +488,47 @@ class PoolWriter:
             self._extend("edge", np.zeros(n, bool) if edge is None else np.asarray(edge, bool))
         self._add_meta(meta or {}, n_before, n)
         self.n_added += n
+        return n_before
+
+    def _mark_pending(self, first: int, n: int) -> None:
+        if not self._pending.any():
+            self._pending_from, self._pending = first, np.ones(n, dtype=bool)
+            return
+        gap = first - (self._pending_from + self._pending.size)  # rows added with their volumes
+        self._pending = np.concatenate([self._pending, np.zeros(gap, bool), np.ones(n, bool)])
+
+    def write_volumes(self, rows: Sequence[int] | np.ndarray, volumes: np.ndarray) -> None:
+        """Fill the volumes of pool `rows` (added by `add(None, ...)`, each filled once), in any order.
+
+        Rows are written in sorted order; with one uncompressed particle per chunk (the default
+        layout) each volume is written as its raw chunk, as fast as a sequential append.
+        """
+        h5 = self._h5
+        assert h5 is not None
+        rows = np.asarray(rows, dtype=np.int64).ravel()
+        volumes = np.asarray(volumes, dtype=np.float32)
+        if volumes.shape != (rows.size, *self.shape):  # type: ignore[misc]
+            raise ValueError(f"volumes of shape {volumes.shape} for {rows.size} rows of {self.shape}")
+        slot = rows - self._pending_from
+        if (slot.size and (slot.min() < 0 or slot.max() >= self._pending.size)) or \
+                not self._pending[slot].all() or np.unique(slot).size != slot.size:
+            raise ValueError("write_volumes: every row must be one added without its volume, written once")
+        order = np.argsort(rows, kind="stable")
+        ds = h5["volumes"]
+        raw_chunks = (ds.chunks == (1, *self.shape) and ds.dtype == np.dtype(np.float32)
+                      and ds.id.get_create_plist().get_nfilters() == 0)
+        if raw_chunks:
+            zeros = (0,) * len(self.shape)  # type: ignore[arg-type]
+            for k in order:
+                ds.id.write_direct_chunk((int(rows[k]), *zeros), np.ascontiguousarray(volumes[k]).tobytes())
+        else:  # other layouts: one write per run of consecutive rows
+            sorted_rows = rows[order]
+            breaks = np.flatnonzero(np.diff(sorted_rows) != 1) + 1
+            for part in np.split(np.arange(rows.size), breaks):
+                if part.size:
+                    first = int(sorted_rows[part[0]])
+                    ds[first : first + part.size] = volumes[order[part]]
+        self._pending[slot] = False
 
     def _add_meta(self, meta: dict[str, Sequence[str]], n_before: int, n: int) -> None:
         group = self._h5["meta"]  # type: ignore[index]

@@ -22,6 +22,7 @@ class Mode:
       transform on the inputs and their targets; None when targets are per-sample classes.
     - `targets(pool, rows) -> array`: what the model learns for those pool rows: the class index
       (N,) by default, the masks (N, *shape) for segmentation; -1 = unlabelled (sample or pixel).
+    - `augmentation`: what `augment` does, in words, for the line `cryoal train` prints.
     """
 
     name: str
@@ -33,6 +34,7 @@ class Mode:
     augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor]
     augment_targets: Callable[..., tuple[torch.Tensor, torch.Tensor]] | None = None
     targets: Callable[..., np.ndarray] | None = None
+    augmentation: str = "mode-specific transforms"
 
     def read_targets(self, pool, rows: np.ndarray) -> np.ndarray:
         """Training targets of pool `rows` (see `targets`)."""

@@ -63,6 +63,7 @@ IMAGE = Mode(
     build_model=build_image_model,
     per_sample_loss=cross_entropy_per_sample,
     augment=augment_images,
+    augmentation="in-plane quarter turns, mirrors and small shifts",
 )
 
 __all__ = ["IMAGE", "apply_plane_transform", "augment_images", "plane_transforms"]

@@ -72,6 +72,7 @@ SEGMENTATION = Mode(
     augment=augment_images_only,
     augment_targets=augment_pairs,
     targets=pool_masks,
+    augmentation="in-plane quarter turns, mirrors and small shifts, the same on each mask",
 )
 
 __all__ = ["IGNORE", "SEGMENTATION", "augment_pairs", "pixel_mean_cross_entropy"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from cryoal.augment import augment_subtomograms
+from cryoal.augment import MAX_SHIFT, augment_subtomograms
 from cryoal.models import ARCHS, DEFAULT_ARCH, build_model
 from cryoal.modes.base import Mode
 
@@ -23,4 +23,5 @@ SUBTOMOGRAM = Mode(
     build_model=build_model,
     per_sample_loss=cross_entropy_per_sample,
     augment=augment_subtomograms,
+    augmentation=f"quarter turns about z, 180° flips about x, shifts of up to {MAX_SHIFT} voxels",
 )

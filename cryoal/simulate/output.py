@@ -18,7 +18,7 @@ import mrcfile
 import numpy as np
 
 from cryoal.errors import CryoalError
-from cryoal.io.atomic import atomic_open
+from cryoal.io.atomic import atomic_open, remove_stale_temps
 from cryoal.io.star import write_star
 from cryoal.io.tables import write_csv
 from cryoal.simulate.particles import Imaging, ParticlePlan, particle_rng
@@ -79,6 +79,7 @@ class StagedDir:
 
     def __init__(self, final: Path):
         self.final = final
+        remove_stale_temps(final)  # staging directories of killed runs
         self.path = final.with_name(f".{final.name}.tmp-{os.getpid()}")
         if self.path.exists():
             shutil.rmtree(self.path)
