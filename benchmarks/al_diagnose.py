@@ -1,11 +1,13 @@
 """Why does plain gradient-norm selection lose to random in the SNR study? Look at the cycle-0 model.
 
     python benchmarks/al_diagnose.py RESULTS/snr_0.1 [--seeds 3] [--top 25] [-o diagnose.md]
+    python benchmarks/al_diagnose.py RESULTS/snr_0.1 --calibration-only   # calibration columns only
 
 For each seed of a finished `cryoal benchmark` directory (the study's run.json gives the pool, the
 truth table and every option), this rebuilds the seed's test split and initial labelled set and
 retrains the cycle-0 model exactly as the benchmark did (same code, same training seed; the test
-accuracy printed next to the one in curves.csv checks that). It then measures, on the first
+accuracy printed next to the one in curves.csv checks that), or loads the benchmark's own cached
+copy from RESULTS/snr_x/state/ while a study still keeps it there. It then measures, on the first
 selection round's candidates:
 
 - calibration on the test split: mean confidence vs accuracy, expected calibration error (10
@@ -72,16 +74,36 @@ def scores_and_features(model, data, rows: np.ndarray, batch: int = 32, with_sco
             np.concatenate(feat_norm))
 
 
-def diagnose_seed(data, config, seed: int, top: int) -> dict:
-    """The measurements above for one seed's cycle-0 model."""
+def cycle0_model(data, config, seed: int, split, state_dir: Path | None):
+    """The seed's cycle-0 model: the benchmark's own cached copy (OUT/state/cycle0-seed<k>.pt, kept
+    while a study runs) when it was trained on this initial set, else retrained exactly as the
+    benchmark trains it."""
+    import torch
+
+    from cryoal.benchmark.steps import train_model
+    from cryoal.calibration import set_temperature
+
+    path = state_dir / f"cycle0-seed{seed}.pt" if state_dir is not None else None
+    if path is not None and path.is_file():
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        if blob.get("initial_ids") == [str(i) for i in data.particle_ids[split.initial]]:
+            model = train_model(data, split.initial, config, seed, 0, build_only=True)
+            model.load_state_dict(blob["state_dict"])
+            return set_temperature(model, float(blob.get("temperature", 1.0)))
+    return train_model(data, split.initial, config, seed, 0)
+
+
+def diagnose_seed(data, config, seed: int, top: int, state_dir: Path | None = None,
+                  calibration_only: bool = False) -> dict:
+    """The measurements above for one seed's cycle-0 model (`calibration_only`: the test-split
+    columns alone, without scoring the candidates)."""
     from scipy.stats import spearmanr
 
     from cryoal.benchmark.loop import make_split
-    from cryoal.benchmark.steps import train_model
     from cryoal.scoring.uncertainty import entropy
 
     split = make_split(data.truth, seed, config)
-    model = train_model(data, split.initial, config, seed, 0)
+    model = cycle0_model(data, config, seed, split, state_dir)
     from cryoal.calibration import softmax, temperature_of
 
     test_p, _, _ = scores_and_features(model, data, split.test, with_scores=False)
@@ -91,6 +113,19 @@ def diagnose_seed(data, config, seed: int, top: int) -> dict:
     pred_test = test_p.argmax(axis=1)
     conf = test_p.max(axis=1)
     correct = (pred_test == truth_test).astype(np.float64)
+    row = {
+        "seed": seed,
+        "test_acc": float(correct.mean()),
+        "mean_conf": float(conf.mean()),
+        "ece": ece(conf, correct),
+        "nll": _nll(test_p, truth_test),
+        "temperature": t,
+        "mean_conf_cal": float(test_p_cal.max(axis=1).mean()),
+        "ece_cal": ece(test_p_cal.max(axis=1), (test_p_cal.argmax(axis=1) == truth_test).astype(float)),
+        "nll_cal": _nll(test_p_cal, truth_test),
+    }
+    if calibration_only:
+        return row
 
     candidates = np.setdiff1d(split.selectable, split.initial)
     p, expected, feat_norm = scores_and_features(model, data, candidates)
@@ -104,15 +139,7 @@ def diagnose_seed(data, config, seed: int, top: int) -> dict:
     class_norms = np.array([feat_norm[truth == c].mean() for c in classes])
     class_picks = np.array([np.sum(truth[picks] == c) for c in classes])
     return {
-        "seed": seed,
-        "test_acc": float(correct.mean()),
-        "mean_conf": float(conf.mean()),
-        "ece": ece(conf, correct),
-        "nll": _nll(test_p, truth_test),
-        "temperature": t,
-        "mean_conf_cal": float(test_p_cal.max(axis=1).mean()),
-        "ece_cal": ece(test_p_cal.max(axis=1), (test_p_cal.argmax(axis=1) == truth_test).astype(float)),
-        "nll_cal": _nll(test_p_cal, truth_test),
+        **row,
         "pred_top_share": top_share(pred),
         "pick_true_top_share": top_share(truth[picks]),
         "pick_in_top_pred": float(np.mean(pred[picks] == np.bincount(pred).argmax())),
@@ -147,6 +174,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seeds", type=int, default=None, help="seeds to diagnose (default: the run's)")
     ap.add_argument("--top", type=int, default=None, help="picks to inspect (default: the run's budget)")
     ap.add_argument("-o", "--output", type=Path, help="append the Markdown rows to this file")
+    ap.add_argument("--calibration-only", action="store_true",
+                    help="only the test-split calibration columns (no candidate scoring)")
     args = ap.parse_args(argv)
 
     import torch
@@ -166,8 +195,8 @@ def main(argv: list[str] | None = None) -> None:
     with open_pool(run["pool"]) as pool:
         data = load_truth(pool, run["truth"])
         for seed in range(args.seeds if args.seeds is not None else config.seeds):
-            row = diagnose_seed(data, config, seed, top)
-            cells = " | ".join(f"{row[k]:.3f}" for k, _ in COLUMNS)
+            row = diagnose_seed(data, config, seed, top, args.bench_dir / "state", args.calibration_only)
+            cells = " | ".join(f"{row[k]:.3f}" if k in row else "–" for k, _ in COLUMNS)
             acc0 = recorded.get(seed, float("nan"))
             lines.append(f"| {args.bench_dir.name} | {seed} | {acc0:.3f} | {cells} |")
             print(lines[-1], flush=True)
