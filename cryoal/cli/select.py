@@ -124,5 +124,6 @@ def select(
         where = " and ".join(summary["outputs"].values())
         typer.echo(
             f"wrote {summary['n_written']} of {summary['n_scored']} scored particles to {where} "
-            f"(scheme {scheme}; {summary['n_unlabelled']} unlabelled in the pool)"
+            f"(scheme {scheme}{', pick ' + summary['pick'] if summary['pick'] else ''}; "
+            f"{summary['n_unlabelled']} unlabelled in the pool)"
         )

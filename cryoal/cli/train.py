@@ -70,6 +70,17 @@ def print_metrics_table(metrics: dict, console) -> None:
         )
     if metrics.get("mean_iou") is not None:  # segmentation: pixel accuracy above, mean IoU here
         console.print(f"mean IoU {metrics['mean_iou']:.3f} ({where} set, over pixels)", highlight=False)
+    cal = metrics.get("calibration") or {}
+    if cal.get("fitted"):
+        console.print(
+            f"calibration: softmax temperature {cal['temperature']:.3g} fitted on the {cal['n']} validation "
+            f"particles (NLL {cal['nll_before']:.3f} -> {cal['nll_after']:.3f}, ECE {cal['ece_before']:.3f} -> "
+            f"{cal['ece_after']:.3f}); select and predict use it (--no-calibration to switch off)",
+            highlight=False,
+        )
+    elif cal:
+        console.print(f"calibration: none ({cal.get('reason')}); probabilities are the raw softmax",
+                      highlight=False)
 
 
 @command(epilog="Example: cryoal train pool.h5 -o model.pt --epochs 30 --seed 0")
