@@ -74,8 +74,9 @@ def print_metrics_table(metrics: dict, console) -> None:
     if cal.get("fitted"):
         console.print(
             f"calibration: softmax temperature {cal['temperature']:.3g} fitted on the {cal['n']} validation "
-            f"particles (NLL {cal['nll_before']:.3f} -> {cal['nll_after']:.3f}, ECE {cal['ece_before']:.3f} -> "
-            f"{cal['ece_after']:.3f}); select and predict use it (--no-calibration to switch off)",
+            f"particles (NLL {cal['nll_before']:.3f} -> {cal['nll_after']:.3f}, "
+            f"ECE {cal['ece_before']:.3f} -> {cal['ece_after']:.3f}); select and predict use it "
+            "(--no-calibration to switch off)",
             highlight=False,
         )
     elif cal:
