@@ -225,8 +225,7 @@ def _source_for_run(run, tomo_type: str, spacing: float, requested: bool, where:
     """The tomogram of `run` at `spacing`: the voxel spacing itself (its finest level), or, when
     `--voxel-spacing` asks for a spacing the run does not store, a pyramid level of a finer one."""
     spacings = sorted(run.voxel_spacings, key=lambda v: v.voxel_size)
-    with_type = [(vs, vs.get_tomogram(tomo_type)) for vs in spacings]
-    with_type = [(vs, t) for vs, t in with_type if t is not None]
+    with_type = [(vs, found[0]) for vs in spacings if (found := vs.get_tomograms(tomo_type))]
     if not with_type:
         others = {t.tomo_type for vs in run.voxel_spacings for t in vs.tomograms}
         held = f"it holds {_listing(others)}" if others else "it holds no tomogram"
