@@ -62,6 +62,7 @@ def export_copick(
         f"{summary.points('predictions')} predictions"
     )
     for f in summary.files:
-        typer.echo(f"  {f.run} {f.object} ({f.user}, {f.what}): {len(f.positions)} points  {f.path}")
+        n = len(f.positions)
+        typer.echo(f"  {f.run} {f.object} ({f.user}, {f.what}): {n} point{'' if n == 1 else 's'}  {f.path}")
     for path in summary.removed:
         typer.echo(f"  removed stale {path}")
