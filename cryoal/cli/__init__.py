@@ -17,6 +17,7 @@ from cryoal.cli import (  # noqa: F401  (imported for their registration side ef
     train,
     select,
     predict,
+    export_copick,
     gallery,
     benchmark,
 )

@@ -67,6 +67,7 @@ class Picks:
     raw_xyz: np.ndarray  # (N, 3) float64 values of the coordinate columns
     origin_angst: np.ndarray | None  # (N, 3) rlnOrigin*Angst shifts, or None
     particle_ids: list[str]
+    labels: list[str] | None = None  # a class name per pick (copick --labels-from-object), else None
 
     def __len__(self) -> int:
         return len(self.tomo_names)

@@ -23,6 +23,7 @@ import numpy as np
 
 from cryoal.errors import CryoalError, InputError
 from cryoal.extract.boxes import centre_voxel, crosses_edge, fourier_bin, zscore
+from cryoal.extract.omezarr import is_zarr
 from cryoal.extract.picks import Picks, read_picks, to_tomogram_pixels
 from cryoal.extract.tomograms import (
     MAPPING_SUFFIXES,
@@ -155,7 +156,9 @@ def plan_extraction(
         if value is not None and not (math.isfinite(value) and value > 0):
             raise CryoalError(f"{flag} must be a positive number of Å (got {value:g})")
     tomo_spec = Path(tomograms)
-    single_file = tomo_spec.is_file() and tomo_spec.suffix.lower() not in MAPPING_SUFFIXES
+    single_file = is_zarr(tomo_spec) or (
+        tomo_spec.is_file() and tomo_spec.suffix.lower() not in MAPPING_SUFFIXES
+    )
     default_tomo = _stem(tomo_spec) if single_file else None
     picks = read_picks(picks_path, default_tomo=default_tomo)
     conv = picks.convention
@@ -176,36 +179,44 @@ def plan_extraction(
     pixel_size = _common_pixel_size(infos, sizes)
 
     names = np.asarray(picks.tomo_names, dtype=object)
-    cut = options.box * options.bin
     tomos = []
     for info in infos:
         rows = np.flatnonzero(names == info.name)
         origin = None if picks.origin_angst is None else picks.origin_angst[rows]
         pos = to_tomogram_pixels(picks.raw_xyz[rows], conv, info.shape, pixel_size, coord_px, origin)
-        centres = centre_voxel(pos)
-        dims_xyz = np.asarray(info.shape[::-1])
-        inside = np.all((centres >= 0) & (centres < dims_xyz), axis=1)
-        edge = crosses_edge(centres, cut, info.shape)
-        keep = inside & ~edge if options.skip_edge else inside
-        n_picks, n_outside, n_edge_skipped = rows.size, int((~inside).sum()), int((inside & ~keep).sum())
-        rows, pos, centres, edge = rows[keep], pos[keep], centres[keep], edge[keep]
-        # Reading order: z, then y, then x (lexsort's last key is the primary one); ties by row.
-        order = np.lexsort((rows, centres[:, 0], centres[:, 1], centres[:, 2]))
-        tomos.append(TomoPlan(
-            info=info, pixel_size=pixel_size, rows=rows[order], positions=pos[order],
-            centres=centres[order], edge=edge[order], n_picks=n_picks, n_outside=n_outside,
-            n_edge_skipped=n_edge_skipped,
-        ))
+        tomos.append(plan_tomogram(info, rows, pos, options, pixel_size))
     plan = Plan(picks=picks, options=options, tomos=tomos, pixel_size=pixel_size)
-    _check_something_left(plan, coord_px)
+    check_something_left(plan, conv.describe(plan.pixel_size, coord_px))
     return plan
 
 
-def _check_something_left(plan: Plan, coord_px: float | None) -> None:
+def plan_tomogram(info: TomogramInfo, rows: np.ndarray, positions: np.ndarray, options: ExtractOptions,
+                  pixel_size: float) -> TomoPlan:
+    """Decide, for the picks `rows` of one tomogram at `positions` (tomogram pixels, (n, 3) x, y, z),
+    which are extracted, edge-filled, skipped or outside, and put them in reading order."""
+    cut = options.box * options.bin
+    centres = centre_voxel(positions)
+    dims_xyz = np.asarray(info.shape[::-1])
+    inside = np.all((centres >= 0) & (centres < dims_xyz), axis=1)
+    edge = crosses_edge(centres, cut, info.shape)
+    keep = inside & ~edge if options.skip_edge else inside
+    n_picks, n_outside, n_edge_skipped = rows.size, int((~inside).sum()), int((inside & ~keep).sum())
+    rows, pos, centres, edge = rows[keep], positions[keep], centres[keep], edge[keep]
+    # Reading order: z, then y, then x (lexsort's last key is the primary one); ties by row.
+    order = np.lexsort((rows, centres[:, 0], centres[:, 1], centres[:, 2]))
+    return TomoPlan(
+        info=info, pixel_size=pixel_size, rows=rows[order], positions=pos[order],
+        centres=centres[order], edge=edge[order], n_picks=n_picks, n_outside=n_outside,
+        n_edge_skipped=n_edge_skipped,
+    )
+
+
+def check_something_left(plan: Plan, assumed: str) -> None:
+    """Refuse a plan with nothing to extract: every pick outside (`assumed` spells out the
+    coordinate convention, since that usually means the wrong units), or every box skipped."""
     n = len(plan.picks)
     outside = sum(t.n_outside for t in plan.tomos)
     if outside == n:
-        assumed = plan.picks.convention.describe(plan.pixel_size, coord_px)
         raise InputError(
             f"{plan.picks.path}: all {n} picks fall outside their tomograms assuming {assumed}: wrong units?"
         )
@@ -283,9 +294,10 @@ class _Batch:
             self.rows = []
 
 
-def _add_columns(plan: Plan, writer) -> np.ndarray:
+def _add_columns(plan: Plan, writer, classes: dict[str, int] | None = None) -> np.ndarray:
     """Append every extracted pick's per-particle columns in picks-file order, without volumes;
-    returns the pool row of each pick (-1 for picks not extracted)."""
+    returns the pool row of each pick (-1 for picks not extracted). `classes` (name -> index)
+    labels the particles from picks that carry labels (copick `--labels-from-object`)."""
     tomo_of = np.full(len(plan.picks), -1, dtype=np.int64)
     position = np.full((len(plan.picks), 3), np.nan)
     edge = np.zeros(len(plan.picks), dtype=bool)
@@ -302,6 +314,7 @@ def _add_columns(plan: Plan, writer) -> np.ndarray:
         coords=position[rows].astype(np.float32),
         meta={col: [values[r] for r in rows] for col, values in picks.table.items()},
         edge=edge[rows],
+        labels=None if classes is None or picks.labels is None else [classes[picks.labels[r]] for r in rows],
     )
     pool_row = np.full(len(picks), -1, dtype=np.int64)
     pool_row[rows] = first + np.arange(rows.size)
@@ -330,6 +343,18 @@ def _extract_tomogram(tp: TomoPlan, options: ExtractOptions, writer, pool_row: n
         batch.flush(writer)
 
 
+def _label_classes(writer, plan: Plan) -> dict[str, int] | None:
+    """Picks that carry labels (copick `--labels-from-object`): add their names to the pool's
+    classes (after any it already has) and return name -> class index."""
+    if plan.picks.labels is None:
+        return None
+    names = list(writer.class_names)
+    extracted = {plan.picks.labels[r] for t in plan.tomos for r in t.rows}
+    names += sorted(extracted - set(names))
+    writer.set_class_names(names)
+    return {name: i for i, name in enumerate(names)}
+
+
 def run_extraction(
     plan: Plan,
     pool_path: str | os.PathLike,
@@ -354,7 +379,7 @@ def run_extraction(
                     append=append, compression=None) as writer:
         if append and math.isnan(old_voxel_size) and not math.isnan(plan.voxel_size):
             writer.set_voxel_size(plan.voxel_size)  # the pool did not know its voxel size yet
-        pool_row = _add_columns(plan, writer)
+        pool_row = _add_columns(plan, writer, _label_classes(writer, plan))
         for tp in plan.tomos:
             if tp.rows.size:
                 _extract_tomogram(tp, options, writer, pool_row, plan.picks, warn, step)

@@ -9,6 +9,9 @@
   or a CSV/TSV with `tomo,path`: paths are relative to that file's directory.
 * a single MRC file: every pick is in that tomogram (the picks may then lack a tomogram column).
 
+A tomogram may also be an OME-Zarr directory (`NAME.zarr`, as the CryoET Data Portal serves it),
+wherever an MRC file is accepted; its finest level is read lazily, chunk by chunk (`omezarr`).
+
 A plain tomogram is read through `mrcfile.mmap`, so only the boxes are read. Pages read through
 the map count towards the process's resident memory until they are unmapped, so the reader drops
 them from the map (`madvise(MADV_DONTNEED)`; the OS page cache keeps them) as it goes: peak
@@ -24,13 +27,14 @@ import mmap
 import os
 import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from cryoal.errors import InputError
 from cryoal.extract.boxes import box_start, cut_box
+from cryoal.extract.omezarr import ArrayReader, is_zarr, plain_zarr_opener
 from cryoal.io.star import read_star
 from cryoal.io.tables import read_csv
 
@@ -64,6 +68,9 @@ def _candidates(directory: Path, name: str) -> list[Path]:
                 path = directory / f"{prefix}{name}{suffix}{comp}"
                 if path.is_file():
                     found.append(path)
+        zarr_dir = directory / f"{prefix}{name}.zarr"
+        if zarr_dir.is_dir():
+            found.append(zarr_dir)
     return found
 
 
@@ -95,13 +102,13 @@ def resolve_tomograms(spec: str | os.PathLike, names: list[str], picks_path: Pat
     for i, name in enumerate(names):
         first_row.setdefault(name, i + 1)
     out: dict[str, Path] = {}
-    if spec.is_dir():
+    if spec.is_dir() and not is_zarr(spec):
         for name, row in first_row.items():
             found = _candidates(spec, name)
             if not found:
                 raise InputError(
                     f"{picks_path}: tomogram '{name}' (row {row}) matches no file in {spec} "
-                    f"(looked for {name}.mrc/.rec/.mrcs/.map, also .gz/.bz2 and rec_{name}.*)"
+                    f"(looked for {name}.mrc/.rec/.mrcs/.map, also .gz/.bz2, {name}.zarr and rec_{name}.*)"
                 )
             if len(found) > 1:
                 raise InputError(
@@ -142,6 +149,8 @@ class TomogramInfo:
     shape: tuple[int, int, int]  # (D, H, W) = (z, y, x)
     pixel_size: float  # Å, NaN when the header says 0
     compressed: bool
+    # For an OME-Zarr tomogram: opens its (lazy) zarr array. None: an MRC file.
+    opener: Callable[[], object] | None = field(default=None, compare=False, repr=False)
 
 
 def _is_compressed(path: Path) -> bool:
@@ -191,6 +200,10 @@ def inspect_tomogram(name: str, path: Path, warn: Warn = _no_warn) -> TomogramIn
     Only the header is read (`mrcfile.open(header_only=True, permissive=False)`); the file size
     of a plain file is checked against it. A compressed file's data is checked when it is read.
     """
+    if is_zarr(path):
+        shape, pixel, opener = plain_zarr_opener(path)
+        return TomogramInfo(name=name, path=path, shape=shape, pixel_size=pixel, compressed=False,
+                            opener=opener)
     import mrcfile
     import mrcfile.utils
 
@@ -352,7 +365,15 @@ def open_tomogram(
     info: TomogramInfo, warn: Warn = _no_warn, budget: int = MAPPED_BUDGET
 ) -> Iterator[TomogramReader]:
     """Open a checked tomogram for reading boxes: memory-mapped, or read whole (with a warning on
-    `warn`) when it is gzip/bzip2-compressed. `budget`: see TomogramReader."""
+    `warn`) when it is gzip/bzip2-compressed. `budget`: see TomogramReader. An OME-Zarr
+    tomogram (`info.opener`) gets an `omezarr.ArrayReader` with the same interface."""
+    if info.opener is not None:
+        array_reader = ArrayReader(info.opener(), str(info.path))
+        try:
+            yield array_reader  # type: ignore[misc]
+        finally:
+            array_reader.close()
+        return
     import mrcfile
 
     # Header warnings were reported by inspect_tomogram already: keep them quiet here.
