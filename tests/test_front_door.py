@@ -77,7 +77,8 @@ def test_usage_names_arguments_in_upper_case(command):
 
 
 def test_usage_of_the_readme_commands():
-    for command, usage in (("select", "POOL"), ("extract", "PICKS"), ("ingest", "INPUT..."),
+    # extract's PICKS is optional (`--copick CONFIG.json` reads a copick project instead)
+    for command, usage in (("select", "POOL"), ("extract", "[PICKS]"), ("ingest", "INPUT..."),
                            ("label", "POOL CSV"), ("simulate", "OUT_DIR")):
         assert re.search(rf"Usage: \S+ {command} \[OPTIONS\] {re.escape(usage)} *$", help_text(command), re.M)
     assert "Missing argument 'POOL'" in CliRunner().invoke(app, ["status"]).output
