@@ -85,11 +85,6 @@ def gumbel_noise(n: int, seed: int | None) -> np.ndarray:
     return rng.gumbel(size=n)
 
 
-def order_by_keys(keys: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    """Positions by key descending (NaN last), ties by particle id: the Gumbel-top-k order."""
-    return rank_by_score(keys, ids)
-
-
 def power_keys(scores: np.ndarray, beta: float, noise: np.ndarray) -> np.ndarray:
     """beta * log(score) + Gumbel: sorting these draws without replacement proportional to score^beta.
 
@@ -149,11 +144,11 @@ def _top(scores, ids, predicted, beta, seed):
 
 
 def _power(scores, ids, predicted, beta, seed):
-    return order_by_keys(power_keys(scores, beta, gumbel_noise(len(scores), seed)), ids)
+    return rank_by_score(power_keys(scores, beta, gumbel_noise(len(scores), seed)), ids)
 
 
 def _softrank(scores, ids, predicted, beta, seed):
-    return order_by_keys(softrank_keys(scores, ids, beta, gumbel_noise(len(scores), seed)), ids)
+    return rank_by_score(softrank_keys(scores, ids, beta, gumbel_noise(len(scores), seed)), ids)
 
 
 def _balanced(scores, ids, predicted, beta, seed):
