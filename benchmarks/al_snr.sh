@@ -83,7 +83,8 @@ run_snr() {  # one SNR level: simulate, ingest, benchmark (resumable); logs in $
     echo "SNR $snr FAILED: see $log.progress.txt" >&2
     return 1
   fi
-  rm -rf "$out/state"  # scratch: cached models and the working pool
+  # scratch: cached models and the working pool (KEEP_STATE=1 keeps them for a later phase)
+  [[ -n "${KEEP_STATE:-}" ]] || rm -rf "$out/state"
   echo "SNR $snr done: $out/summary.csv"
 }
 
@@ -94,7 +95,7 @@ for lane in $(seq 0 $((LANES - 1))); do
     for k in "${!SNRS[@]}"; do
       if (( k % LANES == lane )); then
         taskset -c "$((lane % $(nproc)))" bash -c "$(declare -f run_snr); $(declare -p CLASSES PER_CLASS INITIAL BUDGET \
-          CYCLES SCHEMES SEEDS WORK RESULTS TRAIN TEST_FRACTION); run_snr ${SNRS[$k]}" || exit 1
+          CYCLES SCHEMES SEEDS WORK RESULTS TRAIN TEST_FRACTION); KEEP_STATE=${KEEP_STATE:-}; run_snr ${SNRS[$k]}" || exit 1
       fi
     done
   ) &
