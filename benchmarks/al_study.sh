@@ -22,8 +22,9 @@ cd "$(dirname "$0")/.."
 
 MAIN=random,expected:top,expected:power,expected:balanced,expected:power-balanced,expected:classnorm
 MAIN=$MAIN,entropy:power,max-entropy:power,badge
-# the best two calibrated gradient-norm variants of the main phase, once more without calibration
-UNCAL=${UNCAL:-expected:power:uncalibrated,expected:power-balanced:uncalibrated}
+# the best two calibrated gradient-norm variants of the finished main phase (by mean paired
+# difference to random over both SNRs), once more without calibration
+UNCAL=${UNCAL:-expected:power-balanced:uncalibrated,expected:balanced:uncalibrated}
 case "${PHASE:-main}" in
   main) D_SCHEMES=$MAIN ;;
   uncalibrated) D_SCHEMES=$MAIN,$UNCAL ;;
