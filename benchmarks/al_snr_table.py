@@ -160,10 +160,11 @@ def pick_balance(results: Path, blocks) -> str:
             continue
         table = read_table(truth_path)
         truth = dict(zip(table["particle_id"], table["label"], strict=True))
-        seeds = {r.seed for r in rows}
+        # the same schemes and seeds as the other tables (a later phase's extra schemes stay out)
+        seeds, schemes = {r.seed for r in rows}, {r.scheme for r in rows}
         picks: dict[tuple[str, int], Counter] = {}
         for sel in read_selections(sel_path):
-            if sel.seed in seeds:
+            if sel.seed in seeds and sel.scheme in schemes:
                 picks.setdefault((sel.scheme, sel.seed), Counter())[truth[sel.particle_id]] += 1
         n_classes = len(run.get("class_names", [])) or len(set(truth.values()))
         cols.append(snr)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from script_helpers import load_benchmark_script
 
-from cryoal.benchmark.report import CurveRow, write_curves
+from cryoal.benchmark.report import CurveRow, Selection, write_curves, write_selections
 
 
 @pytest.fixture(scope="module")
@@ -79,3 +79,21 @@ def test_seed_band_is_the_mean_and_sample_std_over_seeds_on_the_common_cycles():
     n, means, stds = seed_band(rows, "b")  # one seed: zero spread
     assert means.tolist() == [[0.9], [0.8]] and stds.tolist() == [[0.0], [0.0]]
     assert seed_band(rows, "missing") is None
+
+
+def test_pick_balance_counts_only_the_run_json_schemes_and_complete_seeds(table, tmp_path):
+    # a later phase left `expected:uncalibrated` picks in selections.csv, but run.json names only
+    # expected and random: its picks stay out, as its curves do in the other tables
+    _snr_dir(tmp_path, "0.1", {("expected", 0): [0.2, 0.6], ("random", 0): [0.2, 0.4]}, cycles=2)
+    truth = tmp_path / "truth.csv"
+    truth.write_text("particle_id,label\n" + "".join(f"p{i},{'ab'[i % 2]}\n" for i in range(8)))
+    run_path = tmp_path / "snr_0.1" / "run.json"
+    run = json.loads(run_path.read_text())
+    run_path.write_text(json.dumps({**run, "truth": str(truth)}))
+    sel = [Selection("expected", 0, 0, r, f"p{2 * r}") for r in range(1, 4)]  # three of class a
+    sel += [Selection("random", 0, 0, r, f"p{r}") for r in range(1, 5)]  # p1..p4: b, a, b, a
+    sel += [Selection("expected:uncalibrated", 0, 0, 1, "p1"), Selection("random", 1, 0, 1, "p0")]
+    write_selections(tmp_path / "snr_0.1" / "selections.csv", sel)
+    md = table.pick_balance(tmp_path, table.load(tmp_path))
+    assert "| expected | 100% / 1 |" in md and "| random | 50% / 0 |" in md
+    assert "uncalibrated" not in md
