@@ -4,8 +4,10 @@
 
 Reads RESULTS/snr_*/curves.csv (and run.json for the settings) and writes RESULTS/table.md: AUBC
 mean ± std over seeds per scheme (rows) and SNR (columns), the best mean per SNR in bold, and the
-schemes within one standard deviation of it marked with a dagger. The figure has one panel per SNR
-(test accuracy vs labels, mean ± std bands).
+schemes within one standard deviation of it marked with a dagger; then every scheme's paired
+difference to `random` (and every `<variant>:uncalibrated`'s to its calibrated `<variant>`) with a
+95 % confidence interval over seeds, every seed's AUBC and the class skew of the picks. The figure
+has one panel per SNR (test accuracy vs labels, mean ± std bands).
 """
 
 from __future__ import annotations
@@ -83,26 +85,51 @@ def paired_stats(diff: list[float]) -> tuple[float, float, float, float]:
     return mean, std, mean - half, mean + half
 
 
-def paired_vs_random(blocks: list[tuple[str, list[CurveRow], dict]]) -> str:
-    """AUBC minus random's AUBC at the same seed: mean ± std, the 95 % t confidence interval of
-    the mean over seeds, and wins/seeds (Markdown). A CI entirely above 0 is marked ▲, below ▼."""
-    schemes = list(dict.fromkeys(r.scheme for _, rows, _ in blocks for r in rows if r.scheme != "random"))
-    head = "| scheme − random | " + " | ".join(f"SNR {snr}" for snr, _, _ in blocks) + " |"
-    lines = [head, "|---|" + "---:|" * len(blocks)]
-    for name in schemes:
+def paired_table(blocks: list[tuple[str, list[CurveRow], dict]], pairs: list[tuple[str, str]],
+                 head: str) -> str:
+    """AUBC of `name` minus AUBC of `base` at the same seed, for each (name, base) pair: mean ± std,
+    the 95 % t confidence interval of the mean over seeds, and wins/seeds (Markdown). A CI entirely
+    above 0 is marked ▲, below ▼; an SNR where either is missing gets –."""
+    lines = [f"| {head} | " + " | ".join(f"SNR {snr}" for snr, _, _ in blocks) + " |",
+             "|---|" + "---:|" * len(blocks)]
+    for name, base in pairs:
         cells = []
         for _, rows, _ in blocks:
-            if not any(r.scheme == "random" for r in rows) or not any(r.scheme == name for r in rows):
+            if not any(r.scheme == base for r in rows) or not any(r.scheme == name for r in rows):
                 cells.append("–")
                 continue
-            base, mine = per_seed_aubc(rows, "random"), per_seed_aubc(rows, name)
-            diff = [mine[k] - base[k] for k in base if k in mine]
+            theirs, mine = per_seed_aubc(rows, base), per_seed_aubc(rows, name)
+            diff = [mine[k] - theirs[k] for k in theirs if k in mine]
             mean, std, lo, hi = paired_stats(diff)
             mark = " ▲" if lo > 0 else " ▼" if hi < 0 else ""
             wins = sum(d > 0 for d in diff)
             cells.append(f"{mean:+.3f} ± {std:.3f} [{lo:+.3f}, {hi:+.3f}]{mark} ({wins}/{len(diff)})")
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        label = name if base == "random" else f"{name} − {base}"
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def all_schemes(blocks: list[tuple[str, list[CurveRow], dict]]) -> list[str]:
+    """Every scheme of any SNR, in first-seen order."""
+    return list(dict.fromkeys(r.scheme for _, rows, _ in blocks for r in rows))
+
+
+def paired_vs_random(blocks: list[tuple[str, list[CurveRow], dict]]) -> str:
+    """Every scheme minus `random` at the same seed (see paired_table)."""
+    pairs = [(s, "random") for s in all_schemes(blocks) if s != "random"]
+    return paired_table(blocks, pairs, "scheme − random")
+
+
+UNCALIBRATED = ":uncalibrated"
+
+
+def paired_calibration(blocks: list[tuple[str, list[CurveRow], dict]]) -> str:
+    """Every `<variant>:uncalibrated` minus its calibrated `<variant>` at the same seed: what
+    temperature scaling changes. Empty when the study has no uncalibrated variant."""
+    schemes = all_schemes(blocks)
+    pairs = [(s, s.removesuffix(UNCALIBRATED)) for s in schemes
+             if s.endswith(UNCALIBRATED) and s.removesuffix(UNCALIBRATED) in schemes]
+    return paired_table(blocks, pairs, "uncalibrated − calibrated") if pairs else ""
 
 
 def seeds_table(blocks: list[tuple[str, list[CurveRow], dict]]) -> str:
@@ -211,7 +238,7 @@ def plot(blocks, path: Path) -> None:
 
     fig, axes = plt.subplots(1, len(blocks), figsize=(4.2 * len(blocks), 3.8), sharey=False,
                              constrained_layout=True, squeeze=False)
-    schemes = list(dict.fromkeys(r.scheme for _, rows, _ in blocks for r in rows))
+    schemes = all_schemes(blocks)
     for ax, (snr, rows, _) in zip(axes[0], blocks, strict=True):
         for k, scheme in enumerate(schemes):
             band = seed_band(rows, scheme)
@@ -246,8 +273,13 @@ def main() -> None:
         "Paired difference to `random` (same seed: same test split, initial set and cycle-0 model), "
         "mean ± std over seeds, [95 % Student-t confidence interval of the mean] (▲: the interval is "
         "above 0; ▼: below), (seeds where the scheme beat random / seeds):\n\n"
-        + paired_vs_random(blocks) + "\n\nAUBC of every seed:\n\n" + seeds_table(blocks) + "\n"
+        + paired_vs_random(blocks) + "\n"
     )
+    calibration = paired_calibration(blocks)
+    if calibration:
+        text += ("\nPaired difference of each variant without calibration (`:uncalibrated`, "
+                 "`--no-calibration`) to the same variant with it, same format:\n\n" + calibration + "\n")
+    text += "\nAUBC of every seed:\n\n" + seeds_table(blocks) + "\n"
     balance = pick_balance(args.results, blocks)
     if balance:
         text += ("\nClass skew of the picks: share of the most-picked true class over a seed's selection "

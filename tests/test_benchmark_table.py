@@ -16,13 +16,14 @@ def table():
     return load_benchmark_script("al_snr_table")
 
 
-def _snr_dir(root: Path, snr: str, curves: dict[tuple[str, int], list[float]], cycles: int) -> None:
+def _snr_dir(root: Path, snr: str, curves: dict[tuple[str, int], list[float]], cycles: int,
+             schemes: list[str] | None = None) -> None:
     d = root / f"snr_{snr}"
-    d.mkdir()
+    d.mkdir(parents=True)
     rows = [CurveRow(s, k, c, 10 + 10 * c, acc, acc) for (s, k), accs in curves.items()
             for c, acc in enumerate(accs)]
     write_curves(d / "curves.csv", rows)
-    opts = {"schemes": ["expected", "random"], "cycles": cycles, "seeds": 2, "test_fraction": 0.2,
+    opts = {"schemes": schemes or ["expected", "random"], "cycles": cycles, "seeds": 2, "test_fraction": 0.2,
             "initial": 10, "budget": 10, "epochs": 1, "arch": "resnet3d", "width": 4}
     (d / "run.json").write_text(json.dumps({"options": opts, "n_particles": 50, "class_names": ["a", "b"]}))
 
@@ -97,3 +98,25 @@ def test_pick_balance_counts_only_the_run_json_schemes_and_complete_seeds(table,
     md = table.pick_balance(tmp_path, table.load(tmp_path))
     assert "| expected | 100% / 1 |" in md and "| random | 50% / 0 |" in md
     assert "uncalibrated" not in md
+
+
+def test_uncalibrated_variants_are_paired_with_their_calibrated_twin(table, tmp_path):
+    # per-seed AUBC over 3 cycles = (a0 + 2 a1 + a2) / 4 (the trapezoid on an evenly spaced range)
+    curves = {("random", 0): [0.2, 0.4, 0.6], ("random", 1): [0.2, 0.4, 0.6],
+              ("expected:power", 0): [0.2, 0.6, 0.8], ("expected:power", 1): [0.2, 0.4, 0.8],
+              ("expected:power:uncalibrated", 0): [0.2, 0.4, 0.8],
+              ("expected:power:uncalibrated", 1): [0.2, 0.4, 0.4],
+              ("badge", 0): [0.2, 0.4, 0.6], ("badge", 1): [0.2, 0.4, 0.6]}
+    _snr_dir(tmp_path / "both", "0.1", curves, cycles=3, schemes=list(dict.fromkeys(s for s, _ in curves)))
+    blocks = table.load(tmp_path / "both")
+    assert {r.seed for r in blocks[0][1]} == {0, 1}
+    md = table.paired_calibration(blocks)
+    # uncalibrated − calibrated: seed 0 (0.45 − 0.55) = −0.10, seed 1 (0.35 − 0.45) = −0.10
+    assert "| expected:power:uncalibrated − expected:power | -0.100 ± 0.000" in md
+    assert "(0/2)" in md and "badge" not in md and md.count("\n") == 2  # header, rule, one pair
+    # the same study without the uncalibrated variant has no such table
+    plain = {k: v for k, v in curves.items() if not k[0].endswith(":uncalibrated")}
+    _snr_dir(tmp_path / "plain", "0.1", plain, cycles=3, schemes=list(dict.fromkeys(s for s, _ in plain)))
+    blocks = table.load(tmp_path / "plain")
+    assert {r.seed for r in blocks[0][1]} == {0, 1}
+    assert table.paired_calibration(blocks) == ""
