@@ -28,6 +28,7 @@ from cryoal.benchmark.report import (  # noqa: E402
     seed_band,
     summarize,
 )
+from cryoal.benchmark.variants import UNCALIBRATED  # noqa: E402
 from cryoal.io.atomic import atomic_open, atomic_path  # noqa: E402
 from cryoal.io.tables import read_table  # noqa: E402
 
@@ -120,15 +121,13 @@ def paired_vs_random(blocks: list[tuple[str, list[CurveRow], dict]]) -> str:
     return paired_table(blocks, pairs, "scheme − random")
 
 
-UNCALIBRATED = ":uncalibrated"
-
-
 def paired_calibration(blocks: list[tuple[str, list[CurveRow], dict]]) -> str:
     """Every `<variant>:uncalibrated` minus its calibrated `<variant>` at the same seed: what
     temperature scaling changes. Empty when the study has no uncalibrated variant."""
+    suffix = f":{UNCALIBRATED}"  # the benchmark's own variant suffix (cryoal.benchmark.variants)
     schemes = all_schemes(blocks)
-    pairs = [(s, s.removesuffix(UNCALIBRATED)) for s in schemes
-             if s.endswith(UNCALIBRATED) and s.removesuffix(UNCALIBRATED) in schemes]
+    pairs = [(s, s.removesuffix(suffix)) for s in schemes
+             if s.endswith(suffix) and s.removesuffix(suffix) in schemes]
     return paired_table(blocks, pairs, "uncalibrated − calibrated") if pairs else ""
 
 
