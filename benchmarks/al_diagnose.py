@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 def ece(confidence: np.ndarray, correct: np.ndarray, bins: int = 10) -> float:
     """Expected calibration error: sum over equal-width confidence bins of |acc - conf| x bin share."""
-    from cryoal.calibration import confidence_ece
+    from cryoal.learn.calibration import confidence_ece
 
     return confidence_ece(confidence, correct, bins)
 
@@ -81,7 +81,7 @@ def cycle0_model(data, config, seed: int, split, state_dir: Path | None):
     import torch
 
     from cryoal.benchmark.steps import train_model
-    from cryoal.calibration import set_temperature
+    from cryoal.learn.calibration import set_temperature
 
     path = state_dir / f"cycle0-seed{seed}.pt" if state_dir is not None else None
     if path is not None and path.is_file():
@@ -104,7 +104,7 @@ def diagnose_seed(data, config, seed: int, top: int, state_dir: Path | None = No
 
     split = make_split(data.truth, seed, config)
     model = cycle0_model(data, config, seed, split, state_dir)
-    from cryoal.calibration import softmax, temperature_of
+    from cryoal.learn.calibration import softmax, temperature_of
 
     test_p, _, _ = scores_and_features(model, data, split.test, with_scores=False)
     t = temperature_of(model)

@@ -1,6 +1,6 @@
 """Compare the three 3D CNNs on simulated low-SNR subtomograms: validation accuracy and CPU cost.
 
-Each arch is trained with the product's own `cryoal.train.fit` on the same simulated split
+Each arch is trained with the product's own `cryoal.learn.train.fit` on the same simulated split
 (5 classes, 32^3, 10 A voxels, +-60 deg wedge, CTF at 5 um defocus, `--snr`), for a fixed number of
 epochs (no early stopping, so every arch gets the same budget). Reported per arch: best and
 final validation accuracy, training seconds per epoch, batched eval-mode inference samples/s, and
@@ -25,9 +25,9 @@ import time
 import numpy as np
 import torch
 
+from cryoal.learn.train import fit, stratified_split
 from cryoal.models import ARCHS, DEFAULT_ARCH, build_model
 from cryoal.simulate import simulate_particles
-from cryoal.train import fit, stratified_split
 
 
 def zscore(vols: np.ndarray) -> np.ndarray:

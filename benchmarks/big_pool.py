@@ -80,7 +80,7 @@ def make_checkpoint(path: Path, box: int, n_classes: int, arch: str | None) -> s
     """A randomly initialised default-architecture model for `box`^3 particles."""
     import torch
 
-    from cryoal.checkpoint import save_checkpoint
+    from cryoal.learn.checkpoint import save_checkpoint
     from cryoal.models import DEFAULT_ARCH, build_model
 
     arch = arch or DEFAULT_ARCH

@@ -50,7 +50,7 @@ def write_pool(path: Path, n: int, box: int, classes: list[str], seed: int = 0) 
 def write_model(path: Path, arch: str, box: int, classes: list[str]) -> None:
     import torch
 
-    from cryoal.checkpoint import save_checkpoint
+    from cryoal.learn.checkpoint import save_checkpoint
     from cryoal.models import build_model
 
     torch.manual_seed(0)

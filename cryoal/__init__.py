@@ -6,15 +6,15 @@ when `load_model` or `score` is first used.
 
 from __future__ import annotations
 
+from cryoal._version import __version__
 from cryoal.io.pool import open_pool
 
-__version__ = "0.1.0"
 __all__ = ["open_pool", "load_model", "score", "__version__"]
 
 
 def __getattr__(name: str):
     if name == "load_model":
-        from cryoal.checkpoint import load_model
+        from cryoal.learn.checkpoint import load_model
 
         return load_model
     if name == "score":

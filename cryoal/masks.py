@@ -343,11 +343,11 @@ def predict_masks(
 
     import torch
 
-    from cryoal.checkpoint import check_model_matches_pool, load_model
-    from cryoal.device import resolve_device
-    from cryoal.inference import to_model_input
     from cryoal.io.atomic import atomic_open, atomic_path, check_output_dir
     from cryoal.io.prefetch import BatchReader
+    from cryoal.learn.checkpoint import check_model_matches_pool, load_model
+    from cryoal.learn.device import resolve_device
+    from cryoal.learn.inference import to_model_input
 
     if batch_size < 1:
         raise CryoalError(f"--batch-size {batch_size}: must be at least 1")

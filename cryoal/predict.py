@@ -50,16 +50,16 @@ def predict_pool(
     confidence.
 
     `calibrated` (default) divides the logits by the checkpoint's fitted temperature
-    (`cryoal.calibration`) before the softmax; False writes the raw softmax.
+    (`cryoal.learn.calibration`) before the softmax; False writes the raw softmax.
     """
     import contextlib
 
-    from cryoal.checkpoint import check_model_matches_pool, load_model
-    from cryoal.device import resolve_device, use_all_cpu_cores
-    from cryoal.inference import predict_proba
     from cryoal.io.atomic import atomic_open, check_output_dir
     from cryoal.io.pool import open_pool
     from cryoal.io.prefetch import BatchReader
+    from cryoal.learn.checkpoint import check_model_matches_pool, load_model
+    from cryoal.learn.device import resolve_device, use_all_cpu_cores
+    from cryoal.learn.inference import predict_proba
     from cryoal.select import output_paths
 
     if batch_size < 1:

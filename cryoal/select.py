@@ -87,7 +87,7 @@ def select_from_pool(
 
     Returns the top `n` (every candidate when `n == 0`; `n=None` means `DEFAULT_N`, or every
     candidate when there are fewer). Raises CryoalError on bad options.
-    Under torchrun (`dist`, a `cryoal.distributed.DistContext` with several ranks) each rank
+    Under torchrun (`dist`, a `cryoal.learn.distributed.DistContext` with several ranks) each rank
     scores a contiguous run of the batches one process would score (batch boundaries fixed to
     global positions, see `cryoal.io.prefetch.batch_plan`), rank 0 gathers the per-particle
     results (features, for coreset/badge) and ranks them exactly as one process does; the other
@@ -95,17 +95,17 @@ def select_from_pool(
     `pick` (score-based schemes only; None: `picks.DEFAULT_PICK`) is how the `n` rows are drawn
     from the scores (`cryoal.scoring.picks`), with `beta` for the sampled picks and `seed` for
     their noise; `balance=True` is `pick="balanced"`. `calibrated` divides the logits by the
-    model's fitted temperature (`cryoal.calibration`) wherever probabilities or gradients of the
+    model's fitted temperature (`cryoal.learn.calibration`) wherever probabilities or gradients of the
     loss are taken; False uses the raw logits. `score_cache` (one process only; the benchmark's)
     keeps the per-particle scores of score-based schemes keyed by the model's weights, temperature,
     the scheme's options and the candidates, so variants that differ only by their pick score a
     shared model once.
     """
-    from cryoal.distributed import DistContext, gather_concat, run_on_all_ranks, shard_range
     from cryoal.io.prefetch import batch_plan
+    from cryoal.learn.distributed import DistContext, gather_concat, run_on_all_ranks, shard_range
 
     dist = dist or DistContext()
-    from cryoal.calibration import temperature_of
+    from cryoal.learn.calibration import temperature_of
     from cryoal.scoring import SCHEMES, as_model_input, get_scheme
     from cryoal.scoring.gradnorm import NORMS
     from cryoal.scoring.picks import resolve_pick
@@ -306,7 +306,7 @@ def select_pool(
 
     Returns a summary: `n_written`, `n_scored`, `n_unlabelled`, `scheme`, `output`, `outputs`,
     `seconds` and `top` (the first rows, as dicts) for display. `fmt` is `csv`, `star` or `both`
-    (see `output_paths`). Under torchrun pass `dist` (`cryoal.distributed.init_distributed`): the
+    (see `output_paths`). Under torchrun pass `dist` (`cryoal.learn.distributed.init_distributed`): the
     ranks share the scoring, rank 0 alone writes and returns the summary (None elsewhere), and the
     files are byte-identical to one process's (with the same threads per process). `log` is an
     optional `cryoal.logjson.EventLog` (start, progress, done events). `balance`, `pick`, `beta`,
@@ -314,13 +314,13 @@ def select_pool(
     """
     import time
 
-    from cryoal.checkpoint import check_model_matches_pool, load_model
-    from cryoal.device import resolve_device, use_all_cpu_cores
-    from cryoal.distributed import DistContext, rank_device, run_on_all_ranks
     from cryoal.export import write_selection_star
     from cryoal.io.atomic import check_output_dir
     from cryoal.io.pool import open_pool
     from cryoal.io.tables import write_csv
+    from cryoal.learn.checkpoint import check_model_matches_pool, load_model
+    from cryoal.learn.device import resolve_device, use_all_cpu_cores
+    from cryoal.learn.distributed import DistContext, rank_device, run_on_all_ranks
     from cryoal.scoring import get_scheme
 
     t0 = time.perf_counter()

@@ -29,12 +29,12 @@ def one_omp_thread(monkeypatch):
 
 @pytest.fixture
 def one_train_thread(monkeypatch):
-    """`cryoal.train` uses one thread instead of every core (restored afterwards)."""
+    """`cryoal.learn.train` uses one thread instead of every core (restored afterwards)."""
     import torch
 
-    import cryoal.train
+    import cryoal.learn.train
 
     threads = torch.get_num_threads()
-    monkeypatch.setattr(cryoal.train, "use_all_cpu_cores", lambda: (torch.set_num_threads(1), 1)[1])
+    monkeypatch.setattr(cryoal.learn.train, "use_all_cpu_cores", lambda: (torch.set_num_threads(1), 1)[1])
     yield
     torch.set_num_threads(threads)

@@ -14,7 +14,9 @@ from model_helpers import randomise_batchnorm
 from typer.testing import CliRunner
 
 import cryoal
-from cryoal.calibration import (
+from cryoal.cli import app
+from cryoal.io.pool import PoolWriter
+from cryoal.learn.calibration import (
     expected_calibration_error,
     fit_temperature,
     nll,
@@ -22,9 +24,7 @@ from cryoal.calibration import (
     softmax,
     temperature_of,
 )
-from cryoal.checkpoint import load_model, save_checkpoint
-from cryoal.cli import app
-from cryoal.io.pool import PoolWriter
+from cryoal.learn.checkpoint import load_model, save_checkpoint
 from cryoal.models import build_model
 from cryoal.scoring.gradnorm import gradnorm_scores
 from cryoal.scoring.reference import reference_scores_by_norm
@@ -131,8 +131,8 @@ def test_checkpoint_keeps_the_temperature_and_version_1_loads_uncalibrated(tmp_p
 
 
 def test_train_fits_the_temperature_on_its_validation_split():
-    from cryoal.inference import predict_logits
-    from cryoal.train import fit
+    from cryoal.learn.inference import predict_logits
+    from cryoal.learn.train import fit
 
     rng = np.random.default_rng(0)
     y = np.repeat(np.arange(3), 12)

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 import cryoal
-from cryoal.checkpoint import FORMAT_VERSION, check_model_matches_pool, load_model, save_checkpoint
 from cryoal.errors import CryoalError
 from cryoal.io.pool import PoolWriter, open_pool
+from cryoal.learn.checkpoint import FORMAT_VERSION, check_model_matches_pool, load_model, save_checkpoint
 from cryoal.models import build_model
 
 KEYS = {

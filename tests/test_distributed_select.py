@@ -28,7 +28,7 @@ SAMPLED_PICKS = ("power", "softrank", "power-balanced", "classnorm")
 # Every scheme through the Python API in ONE launch (a torchrun start-up costs seconds).
 ALL_SCHEMES = r"""
 import sys
-from cryoal.distributed import init_distributed, shutdown
+from cryoal.learn.distributed import init_distributed, shutdown
 from cryoal.select import select_pool
 pool, model, out = sys.argv[1:4]
 ctx = init_distributed("cpu")
@@ -79,8 +79,8 @@ def make_pool(path: Path, compression=None) -> None:
 def make_model(path: Path) -> None:
     import torch
 
-    from cryoal.calibration import set_temperature
-    from cryoal.checkpoint import save_checkpoint
+    from cryoal.learn.calibration import set_temperature
+    from cryoal.learn.checkpoint import save_checkpoint
     from cryoal.models import build_model
 
     torch.manual_seed(0)
@@ -178,12 +178,12 @@ def test_train_under_torchrun_only_rank_zero_writes(setup, tmp_path):
     events = read_events(log)
     assert [e["event"] for e in events].count("epoch") == 2  # not once per rank
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model.pt", "train.jsonl"]
-    from cryoal.checkpoint import load_model
+    from cryoal.learn.checkpoint import load_model
 
     model, meta = load_model(out)
     assert meta["class_names"] == ["a", "b", "c"] and meta["metrics"]["world_size"] == 2
     with open_pool(setup / "pool.h5") as pool:
-        from cryoal.inference import predict_proba
+        from cryoal.learn.inference import predict_proba
 
         probs = predict_proba(model, pool.read(np.arange(10)), "cpu")
     assert probs.shape == (10, 3) and np.allclose(probs.sum(1), 1, atol=1e-5)

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cryoal.distributed import DistContext, rank_slice, shard, shard_batches
+from cryoal.learn.distributed import DistContext, rank_slice, shard, shard_batches
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -23,8 +23,8 @@ EQUIVALENCE = r"""
 import copy, json, sys
 import torch
 import torch.nn.functional as F
-from cryoal.ddp import loss_for_global_mean, unwrap_trained, wrap_for_training
-from cryoal.distributed import init_distributed, rank_slice, shutdown
+from cryoal.learn.ddp import loss_for_global_mean, unwrap_trained, wrap_for_training
+from cryoal.learn.distributed import init_distributed, rank_slice, shutdown
 from cryoal.models import build_model
 
 ctx = init_distributed("cpu")
@@ -99,7 +99,7 @@ def test_global_batchnorm_matches_one_process_on_the_whole_batch(tmp_path):
 def test_loss_scaling_gives_the_global_mean(world):
     import torch
 
-    from cryoal.ddp import loss_for_global_mean
+    from cryoal.learn.ddp import loss_for_global_mean
 
     per_sample = torch.arange(7, dtype=torch.float64)
     ctxs = [DistContext(rank=r, world_size=world) for r in range(world)]

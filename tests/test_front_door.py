@@ -15,10 +15,10 @@ import typer
 from typer.testing import CliRunner
 
 import cryoal.select as select_mod
-from cryoal.checkpoint import save_checkpoint
 from cryoal.cli import app
 from cryoal.cli.app import unwrap_paragraphs
 from cryoal.io.pool import PoolWriter
+from cryoal.learn.checkpoint import save_checkpoint
 from cryoal.models import build_model
 
 pytestmark = pytest.mark.usefixtures("one_omp_thread")

@@ -115,7 +115,7 @@ def test_killed_writer_releases_the_lock_and_leaves_the_pool_intact(tmp_path):
 def _model(path: Path, box: int = 8) -> None:
     import torch
 
-    from cryoal.checkpoint import save_checkpoint
+    from cryoal.learn.checkpoint import save_checkpoint
     from cryoal.models import build_model
 
     torch.manual_seed(0)

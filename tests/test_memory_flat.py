@@ -33,7 +33,7 @@ def _pool(path: Path, n: int) -> None:
 def _model(path: Path) -> None:
     import torch
 
-    from cryoal.checkpoint import save_checkpoint
+    from cryoal.learn.checkpoint import save_checkpoint
     from cryoal.models import build_model
 
     torch.manual_seed(0)

@@ -184,8 +184,8 @@ def test_benchmark_reports_mean_iou(mem, tmp_path):
 
 
 def test_unet_on_membranes_beats_all_background(monkeypatch):
-    from cryoal.inference import predict_proba
-    from cryoal.train import fit
+    from cryoal.learn.inference import predict_proba
+    from cryoal.learn.train import fit
 
     img, masks = simulate_membranes(72, 32, 2, snr=1.0, seed=1)
     x = np.stack([zscore(i) for i in img])

@@ -13,10 +13,10 @@ import torch
 from typer.testing import CliRunner
 
 import cryoal.predict as predict_mod
-from cryoal.checkpoint import save_checkpoint
 from cryoal.cli import app
-from cryoal.inference import predict_proba, to_model_input
 from cryoal.io.pool import Pool, PoolWriter, open_pool
+from cryoal.learn.checkpoint import save_checkpoint
+from cryoal.learn.inference import predict_proba, to_model_input
 from cryoal.models import build_model
 
 NAMES = ["ribosome", "proteasome", "membrane"]
@@ -125,7 +125,7 @@ def test_predict_output_is_atomic(tmp_path, monkeypatch) -> None:
     make_model(ckpt)
     out.write_text("old\n")
     calls = {"n": 0}
-    import cryoal.inference as inference
+    import cryoal.learn.inference as inference
 
     real = inference.predict_proba
 

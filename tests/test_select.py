@@ -14,10 +14,10 @@ from typer.testing import CliRunner
 
 import cryoal
 import cryoal.select as select_mod
-from cryoal.checkpoint import save_checkpoint
 from cryoal.cli import app
 from cryoal.errors import CryoalError
 from cryoal.io.pool import PoolWriter, open_pool
+from cryoal.learn.checkpoint import save_checkpoint
 from cryoal.models import build_model
 from cryoal.scoring import diversity
 

@@ -137,7 +137,7 @@ def test_killed_gallery_leaves_a_staging_directory_that_the_next_gallery_removes
 
 
 CHECKPOINT_WRITE = (
-    "from cryoal.checkpoint import save_checkpoint; from cryoal.models import build_model; "
+    "from cryoal.learn.checkpoint import save_checkpoint; from cryoal.models import build_model; "
     "save_checkpoint(DEST, build_model('rb3d', (8, 8, 8), 2), "
     "{'mode': 'subtomogram', 'class_names': ['a', 'b'], 'input_shape': [8, 8, 8]})"
 )

@@ -52,7 +52,7 @@ def star_pool(tmp_path_factory):
     """A pool ingested from a STAR manifest with optics, general and unknown columns, and a model."""
     import torch
 
-    from cryoal.checkpoint import save_checkpoint
+    from cryoal.learn.checkpoint import save_checkpoint
     from cryoal.models import build_model
 
     d = tmp_path_factory.mktemp("star")
@@ -136,8 +136,8 @@ def test_predict_star_writes_class_numbers_of_the_input(star_pool, tmp_path):
             _same_values(parts[col], src[col])
     with open_pool(d / "pool.h5") as pool:
         names = list(pool.class_names)
-        from cryoal.checkpoint import load_model
-        from cryoal.inference import predict_proba
+        from cryoal.learn.checkpoint import load_model
+        from cryoal.learn.inference import predict_proba
 
         model, _ = load_model(d / "model.pt")
         probs = predict_proba(model, pool.read(np.arange(N)), "cpu")

@@ -11,15 +11,15 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-import cryoal.train as train_mod
+import cryoal.learn.train as train_mod
 from cryoal.augment import augment_subtomograms
-from cryoal.checkpoint import load_model
 from cryoal.cli import app
 from cryoal.errors import CryoalError
 from cryoal.io.pool import PoolWriter
+from cryoal.learn.checkpoint import load_model
+from cryoal.learn.train import confusion_matrix, fit, recalibrate_batchnorm, stratified_split
 from cryoal.models import DEFAULT_ARCH
 from cryoal.modes import get_mode
-from cryoal.train import confusion_matrix, fit, recalibrate_batchnorm, stratified_split
 
 NAMES = ["ball", "pair"]
 
@@ -86,7 +86,7 @@ def test_confusion_matrix_against_loop() -> None:
 
 
 def test_cpu_threads_follow_the_cores_unless_told(monkeypatch) -> None:
-    from cryoal.device import available_cpus, use_all_cpu_cores
+    from cryoal.learn.device import available_cpus, use_all_cpu_cores
 
     before = torch.get_num_threads()
     try:
@@ -324,7 +324,7 @@ def test_cli_one_label_per_class_trains_with_val_fraction_zero(tmp_path) -> None
 
 
 def test_resolve_device_and_amp_settings(monkeypatch) -> None:
-    from cryoal.device import resolve_device
+    from cryoal.learn.device import resolve_device
 
     want = "cuda" if torch.cuda.is_available() else "cpu"
     assert resolve_device("auto").type == want and resolve_device("CPU") == torch.device("cpu")

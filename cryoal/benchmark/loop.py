@@ -261,8 +261,8 @@ def _state_path(out_dir: Path, name: str) -> Path:
 def _save_state(path: Path, model, extra: dict) -> None:
     import torch
 
-    from cryoal.calibration import temperature_of
     from cryoal.io.atomic import atomic_path
+    from cryoal.learn.calibration import temperature_of
 
     with atomic_path(path) as tmp:
         torch.save({"state_dict": model.state_dict(), "temperature": temperature_of(model), **extra}, tmp)
@@ -272,7 +272,7 @@ def _load_state(path: Path, model) -> dict:
     """Load saved weights (and the fitted temperature: a resumed run scores as the first did)."""
     import torch
 
-    from cryoal.calibration import set_temperature
+    from cryoal.learn.calibration import set_temperature
 
     blob = torch.load(path, map_location="cpu", weights_only=True)
     model.load_state_dict(blob["state_dict"])

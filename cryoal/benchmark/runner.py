@@ -36,7 +36,7 @@ def versions() -> dict[str, str]:
     import numpy
     import torch
 
-    from cryoal import __version__
+    from cryoal._version import __version__
 
     return {
         "cryoal": __version__, "torch": torch.__version__, "numpy": numpy.__version__,

@@ -1,7 +1,7 @@
 """The three calls a benchmark cycle makes into cryoal: train, evaluate, select.
 
-They are thin: training is `cryoal.train.fit` (what `cryoal train` runs), evaluation is
-`cryoal.inference.predict_proba` (what `cryoal predict` runs), and selection is
+They are thin: training is `cryoal.learn.train.fit` (what `cryoal train` runs), evaluation is
+`cryoal.learn.inference.predict_proba` (what `cryoal predict` runs), and selection is
 `cryoal.select` (what `cryoal select` runs), so the benchmark measures the product itself.
 """
 
@@ -25,12 +25,12 @@ def train_model(data: BenchmarkData, labelled: np.ndarray, config: BenchmarkConf
     the same randomness and differs only by its labelled set. `build_only` returns an untrained
     model of the right shape (to load saved weights into).
     """
+    from cryoal.learn.train import fit, stratified_split
     from cryoal.modes import get_mode
-    from cryoal.train import fit, stratified_split
 
     mode = get_mode(data.pool.mode)
     if build_only:
-        from cryoal.device import resolve_device
+        from cryoal.learn.device import resolve_device
 
         model = mode.build_model(config.arch, data.pool.shape, data.n_classes, **config.arch_kwargs)
         return model.to(resolve_device(config.device)).eval()
@@ -62,8 +62,8 @@ def evaluate_model(
 ) -> tuple[float, float]:
     """(accuracy, macro-F1) of the model on the test rows; for segmentation (mean IoU over
     classes, macro-F1 over pixels), so the curves' accuracy column holds the mean IoU."""
-    from cryoal.device import resolve_device
-    from cryoal.inference import predict_proba
+    from cryoal.learn.device import resolve_device
+    from cryoal.learn.inference import predict_proba
 
     device = resolve_device(config.device)
     model.to(device)

@@ -146,7 +146,7 @@ def stderr_console():
 
 def _version_callback(value: bool) -> None:
     if value:
-        from cryoal import __version__
+        from cryoal._version import __version__
 
         typer.echo(f"cryoal {__version__}")
         raise typer.Exit(0)

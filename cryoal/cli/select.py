@@ -74,8 +74,8 @@ def select(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
     from rich.table import Table
 
-    from cryoal.device import resolve_device
-    from cryoal.distributed import init_distributed, launched_by_torchrun, shutdown
+    from cryoal.learn.device import resolve_device
+    from cryoal.learn.distributed import init_distributed, launched_by_torchrun, shutdown
     from cryoal.logjson import EventLog
     from cryoal.select import output_paths, select_pool
 

@@ -66,7 +66,7 @@ def simulate(
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from cryoal import __version__
+    from cryoal._version import __version__
     from cryoal.simulate.output import prepare_out_dir, write_particle_set, write_tomogram_set
     from cryoal.simulate.particles import Imaging, check_fit, iter_particles, plan_particles
     from cryoal.simulate.shapes import class_names

@@ -16,7 +16,7 @@ def _json_safe(value):
     """Plain Python types, with NaN/inf as null so any strict JSON reader parses the line."""
     import math
 
-    from cryoal.checkpoint import plain
+    from cryoal.learn.checkpoint import plain
 
     value = plain(value)
     if isinstance(value, dict):
@@ -122,9 +122,9 @@ def train(
     """
     from rich.console import Console
 
-    from cryoal.device import resolve_device
-    from cryoal.distributed import DistContext, init_distributed, launched_by_torchrun, shutdown
     from cryoal.io.atomic import check_output_dir
+    from cryoal.learn.device import resolve_device
+    from cryoal.learn.distributed import DistContext, init_distributed, launched_by_torchrun, shutdown
 
     check_output_dir(output)  # fail before training, not after
     dist = init_distributed(resolve_device(device).type) if launched_by_torchrun() else DistContext()
@@ -168,10 +168,10 @@ def _train(pool: Path, output: Path, dist, log_json: Path | None, **train_kwargs
     """Train (on this rank's share under torchrun) and save on rank 0; returns the metrics."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from cryoal.checkpoint import save_checkpoint
-    from cryoal.distributed import run_on_all_ranks
+    from cryoal.learn.checkpoint import save_checkpoint
+    from cryoal.learn.distributed import run_on_all_ranks
+    from cryoal.learn.train import train_from_pool
     from cryoal.logjson import EventLog
-    from cryoal.train import train_from_pool
 
     console = stderr_console()
     started = False

@@ -48,7 +48,7 @@ def score(model: nn.Module, batch, scheme: str, **kw) -> np.ndarray:
     distance to the nearest earlier pick (coreset in feature space, starting from the labelled
     features if given; badge in gradient-embedding space). `select` ranks by that pick order.
     """
-    from cryoal.calibration import temperature_of
+    from cryoal.learn.calibration import temperature_of
 
     sch = get_scheme(scheme)
     x = as_model_input(model, batch)

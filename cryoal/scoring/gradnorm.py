@@ -97,7 +97,7 @@ def gradnorm_scores(
 
     The model is used in eval mode and on its own device; `x` is moved there. `samples` and
     `generator` only matter for dense outputs (the sampled `expected`; see the module docstring).
-    `temperature` T scores the temperature-scaled logits z / T (`cryoal.calibration`): p is
+    `temperature` T scores the temperature-scaled logits z / T (`cryoal.learn.calibration`): p is
     softmax(z / T) and every parameter gradient carries the factor 1 / T (K becomes K / T^2).
     Classifier outputs (B, C) only.
     """

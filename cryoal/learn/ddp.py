@@ -2,7 +2,7 @@
 
 `fit` trains on one GLOBAL batch per step, exactly as a single process does (same shuffling,
 same augmentation of every sample, same `--batch-size`), and each rank computes the forward and
-backward of its contiguous share of that batch (`cryoal.distributed.rank_slice`); DDP averages
+backward of its contiguous share of that batch (`cryoal.learn.distributed.rank_slice`); DDP averages
 the gradients. BatchNorm in training mode must then normalise with the statistics of the whole
 global batch, or each rank would see a smaller batch than a single process: on CUDA this is
 PyTorch's `SyncBatchNorm`; gloo on CPU has none, so `GlobalBatchNorm` below does the same with
@@ -18,7 +18,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.parallel import DistributedDataParallel
 
-from cryoal.distributed import DistContext
+from cryoal.learn.distributed import DistContext
 
 
 class _AllReduceSum(torch.autograd.Function):

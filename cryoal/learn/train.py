@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from cryoal.device import resolve_device, seed_everything, use_all_cpu_cores
 from cryoal.errors import CryoalError
+from cryoal.learn.device import resolve_device, seed_everything, use_all_cpu_cores
 from cryoal.modes import get_mode
 
 Progress = Callable[[dict[str, Any]], None]
@@ -110,7 +110,7 @@ def _amp_settings(device: torch.device) -> tuple[torch.dtype | None, bool]:
     return torch.float16, True  # fp16 gradients underflow without loss scaling
 
 
-# every BatchNorm, including SyncBatchNorm and cryoal.ddp.GlobalBatchNorm under torchrun
+# every BatchNorm, including SyncBatchNorm and cryoal.learn.ddp.GlobalBatchNorm under torchrun
 _BN_TYPES = (nn.modules.batchnorm._BatchNorm,)
 BN_RECALIBRATION_SAMPLES = 1024
 
@@ -123,7 +123,7 @@ def recalibrate_batchnorm(model: nn.Module, x: np.ndarray, mode, device: torch.d
     averages (momentum 0.1) lag far behind weights that change quickly, so eval-mode predictions
     can collapse to one class while training accuracy is high. One no-grad pass fixes that.
     Under torchrun (`dist`) each rank passes its share of every chunk and the global-batch
-    BatchNorm of `cryoal.ddp` gives the statistics of the whole chunk, as in one process.
+    BatchNorm of `cryoal.learn.ddp` gives the statistics of the whole chunk, as in one process.
     """
     bns = [mod for mod in model.modules() if isinstance(mod, _BN_TYPES)]
     if not bns:
@@ -141,7 +141,7 @@ def recalibrate_batchnorm(model: nn.Module, x: np.ndarray, mode, device: torch.d
             if len(chunk) < 2 and start > 0:  # a lone sample adds nothing reliable to the variance
                 continue
             if dist is not None and dist.distributed:
-                from cryoal.distributed import rank_slice
+                from cryoal.learn.distributed import rank_slice
 
                 chunk = chunk[rank_slice(len(chunk), dist)]
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
@@ -205,9 +205,9 @@ def fit(
     last weights are kept; the metrics are then measured on the training set.
     `init_model` (same arch) fine-tunes an existing model instead of starting from scratch.
     `progress(info)` is called with `{"event": "batch", ...}` and `{"event": "epoch", ...}` dicts.
-    Under torchrun pass `dist` (`cryoal.distributed.init_distributed`): every rank draws the same
+    Under torchrun pass `dist` (`cryoal.learn.distributed.init_distributed`): every rank draws the same
     global batches and augmentations, computes its contiguous share of each (DDP, BatchNorm over
-    the global batch, see `cryoal.ddp`), and every rank returns the same model and metrics.
+    the global batch, see `cryoal.learn.ddp`), and every rank returns the same model and metrics.
     """
     m = get_mode(mode)
     arch = arch or m.default_arch
@@ -224,7 +224,7 @@ def fit(
     if batch_size < 2:  # a lone sample makes BatchNorm's batch statistics degenerate
         raise CryoalError(f"--batch-size {batch_size}: must be at least 2 (BatchNorm needs 2 per batch)")
 
-    from cryoal.distributed import DistContext, all_reduce_sum, rank_device, rank_slice
+    from cryoal.learn.distributed import DistContext, all_reduce_sum, rank_device, rank_slice
 
     dist = dist or DistContext()
     dev = resolve_device(device) if not isinstance(device, torch.device) else device
@@ -241,7 +241,7 @@ def fit(
     model.to(dev)
     net = model
     if dist.distributed:  # swaps BatchNorm for its global-batch form: build the optimiser after
-        from cryoal.ddp import loss_for_global_mean, unwrap_trained, wrap_for_training
+        from cryoal.learn.ddp import loss_for_global_mean, unwrap_trained, wrap_for_training
 
         net = wrap_for_training(model, dist, dev)
     optimiser = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
@@ -383,7 +383,7 @@ def _calibrate(model: nn.Module, logits: list[np.ndarray], y: np.ndarray, skip: 
     Only classifiers with a validation split are calibrated; otherwise T = 1 and the report says
     why (the training set would fit a temperature to what the model has memorised).
     """
-    from cryoal.calibration import calibration_report, fit_temperature, set_temperature
+    from cryoal.learn.calibration import calibration_report, fit_temperature, set_temperature
 
     if skip is not None or not logits:
         set_temperature(model, 1.0)

@@ -36,7 +36,7 @@ def predict_logits(model: nn.Module, batch: Batch, device: Device) -> torch.Tens
 
 def predict_proba(model: nn.Module, batch: Batch, device: Device, temperature: float = 1.0) -> np.ndarray:
     """Softmax class probabilities of logits / `temperature` (B, C) as a float32 numpy array; the
-    model is put in eval mode. Pass `cryoal.calibration.temperature_of(model)` for calibrated ones."""
+    model is put in eval mode. Pass `cryoal.learn.calibration.temperature_of(model)` for calibrated ones."""
     return torch.softmax(predict_logits(model, batch, device) / temperature, dim=1).cpu().numpy()
 
 

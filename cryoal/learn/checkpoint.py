@@ -2,7 +2,7 @@
 
 Keys: format_version (2), arch, mode, class_names, input_shape (one particle, no channel), box,
 voxel_size, n_classes, state_dict, metrics, cryoal_version, arch_kwargs, temperature (version 2:
-the fitted softmax temperature, `cryoal.calibration`; a version-1 file loads uncalibrated, T = 1,
+the fitted softmax temperature, `cryoal.learn.calibration`; a version-1 file loads uncalibrated, T = 1,
 with one warning line). Only plain Python types
 and tensors are stored, so `torch.load(path, weights_only=True)` reads it without executing code.
 """
@@ -48,8 +48,8 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, meta: dict) -> No
     `meta` must give `mode`, `class_names`, `input_shape`; `box`, `voxel_size`, `metrics` are
     recommended. `arch`, `arch_kwargs`, `n_classes` default to what `build_model` recorded on the model.
     """
-    from cryoal import __version__
-    from cryoal.calibration import temperature_of
+    from cryoal._version import __version__
+    from cryoal.learn.calibration import temperature_of
 
     meta = dict(meta)
     for key in ("mode", "class_names", "input_shape"):
@@ -115,7 +115,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> t
     The metadata is the checkpoint dict without `state_dict` (class_names, box, mode, input_shape,
     metrics, ...). Raises CryoalError on a missing/corrupt file or an unknown mode/arch.
     """
-    from cryoal.calibration import set_temperature
+    from cryoal.learn.calibration import set_temperature
     from cryoal.modes import get_mode
 
     record = read_checkpoint(path, device)
