@@ -12,7 +12,6 @@ import torch
 from typer.testing import CliRunner
 
 import cryoal.learn.train as train_mod
-from cryoal.augment import augment_subtomograms
 from cryoal.cli import app
 from cryoal.errors import CryoalError
 from cryoal.io.pool import PoolWriter
@@ -20,6 +19,7 @@ from cryoal.learn.checkpoint import load_model
 from cryoal.learn.train import confusion_matrix, fit, recalibrate_batchnorm, stratified_split
 from cryoal.models import DEFAULT_ARCH
 from cryoal.modes import get_mode
+from cryoal.modes.augment import augment_subtomograms
 
 NAMES = ["ball", "pair"]
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 
 from cryoal.cli.app import command
-from cryoal.export_copick import DEFAULT_USER, PREDICTED_USER, SELECTION_OBJECT
+from cryoal.copick.export import DEFAULT_USER, PREDICTED_USER, SELECTION_OBJECT
 
 
 @command(
@@ -45,9 +45,9 @@ def export_copick(
     ),
 ) -> None:
     """Write the pool's expert labels (and a selection, predictions) as picks into a copick project."""
-    from cryoal.export_copick import ExportOptions
-    from cryoal.export_copick import export_copick as run_export
-    from cryoal.extract.copick_source import require_copick
+    from cryoal.copick.export import ExportOptions
+    from cryoal.copick.export import export_copick as run_export
+    from cryoal.copick.source import require_copick
 
     require_copick()
     summary = run_export(pool, config, ExportOptions(

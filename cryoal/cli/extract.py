@@ -123,7 +123,7 @@ def extract(
                             ("--coord-pixel-size", coord_pixel_size), ("--tomo-pixel-size", tomo_pixel_size)):
             if value is not None:
                 raise CryoalError(f"{flag}: not used with --copick (the project gives picks and tomograms)")
-        from cryoal.extract.copick_source import CopickOptions, plan_copick
+        from cryoal.copick.source import CopickOptions, plan_copick
 
         plan = plan_copick(CopickOptions(
             config=copick_config, objects=_names(objects), users=_names(users), sessions=_names(sessions),

@@ -23,7 +23,6 @@ import numpy as np
 
 from cryoal.errors import CryoalError, InputError
 from cryoal.extract.boxes import centre_voxel, crosses_edge, fourier_bin, zscore
-from cryoal.extract.omezarr import is_zarr
 from cryoal.extract.picks import Picks, read_picks, to_tomogram_pixels
 from cryoal.extract.tomograms import (
     MAPPING_SUFFIXES,
@@ -33,6 +32,7 @@ from cryoal.extract.tomograms import (
     open_tomogram,
     resolve_tomograms,
 )
+from cryoal.io.omezarr import is_zarr
 
 # Most tomogram bytes kept mapped while cutting (peak memory; see tomograms.TomogramReader).
 MAPPED_BUDGET = 128 * 1024 * 1024
@@ -127,7 +127,8 @@ def _pixel_size(info: TomogramInfo, options: ExtractOptions, needs: str | None) 
     return pixel
 
 
-def _common_pixel_size(infos: list[TomogramInfo], sizes: list[float]) -> float:
+def common_pixel_size(infos: list[TomogramInfo], sizes: list[float]) -> float:
+    """The tomograms' one pixel size (Å); an error naming the first that differs beyond tolerance."""
     first = sizes[0]
     for info, size in zip(infos, sizes, strict=True):
         same = (math.isnan(first) and math.isnan(size)) or (
@@ -176,7 +177,7 @@ def plan_extraction(
     paths = resolve_tomograms(tomo_spec, picks.tomo_names, picks.path)
     infos = [inspect_tomogram(name, path, warn) for name, path in paths.items()]
     sizes = [_pixel_size(info, options, needs) for info in infos]
-    pixel_size = _common_pixel_size(infos, sizes)
+    pixel_size = common_pixel_size(infos, sizes)
 
     names = np.asarray(picks.tomo_names, dtype=object)
     tomos = []

@@ -34,7 +34,7 @@ import numpy as np
 
 from cryoal.errors import InputError
 from cryoal.extract.boxes import box_start, cut_box
-from cryoal.extract.omezarr import ArrayReader, is_zarr, plain_zarr_opener
+from cryoal.io.omezarr import ArrayReader, is_zarr, plain_zarr_opener
 from cryoal.io.star import read_star
 from cryoal.io.tables import read_csv
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from cryoal.augment import MAX_SHIFT, augment_subtomograms
 from cryoal.models import ARCHS, DEFAULT_ARCH, build_model
+from cryoal.modes.augment import MAX_SHIFT, augment_subtomograms
 from cryoal.modes.base import Mode
 
 

@@ -285,7 +285,7 @@ def export_copick(pool_path: str | os.PathLike, config: str | os.PathLike, opts:
                   ) -> ExportSummary:
     """Write the pool's labels (and a selection, predictions) as copick picks; see the module
     docstring. Raises CryoalError before writing anything when any input is bad."""
-    from cryoal.extract.copick_source import open_project
+    from cryoal.copick.source import open_project
 
     opts = opts or ExportOptions()
     config = Path(config)

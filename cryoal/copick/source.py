@@ -28,10 +28,10 @@ from pathlib import Path
 import numpy as np
 
 from cryoal.errors import CryoalError, InputError
-from cryoal.extract.omezarr import INSTALL_HINT, Level, open_array, read_levels
 from cryoal.extract.picks import Convention, Picks
-from cryoal.extract.run import ExtractOptions, Plan, _common_pixel_size, check_something_left, plan_tomogram
+from cryoal.extract.run import ExtractOptions, Plan, check_something_left, common_pixel_size, plan_tomogram
 from cryoal.extract.tomograms import TomogramInfo, Warn
+from cryoal.io.omezarr import INSTALL_HINT, Level, open_array, read_levels
 
 DEFAULT_TOMO_TYPE = "wbp"
 # Voxel spacings closer than this (relative) are the same.
@@ -323,7 +323,7 @@ def plan_copick(opts: CopickOptions, options: ExtractOptions, warn: Warn | None 
         infos.append(info)
         rows = np.flatnonzero(names == name)
         tomos.append(plan_tomogram(info, rows, positions[rows], options, src.level.scale))
-    pixel_size = _common_pixel_size(infos, [i.pixel_size for i in infos])
+    pixel_size = common_pixel_size(infos, [i.pixel_size for i in infos])
     plan = Plan(picks=picks, options=options, tomos=tomos, pixel_size=pixel_size)
     check_something_left(plan, f"copick locations in Å from the tomogram corner at {_spacing(pixel_size)} "
                                f"per pixel ({tomo_type})")
