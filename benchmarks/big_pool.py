@@ -68,7 +68,7 @@ def write_mrc_files(directory: Path, n: int, box: int, seed: int = 0) -> float:
 
 def run_cli(args: list[str], workdir: Path, env_extra: dict | None = None) -> dict:
     """Run `cryoal ARGS` in a fresh process; returns seconds, peak RSS (MiB) and the output."""
-    from cryoal.peak_rss import run_cryoal
+    from peak_rss import run_cryoal  # benchmarks/peak_rss.py, beside this script
 
     res = run_cryoal(args, env_extra)
     if res.returncode != 0 or res.peak_mib is None:

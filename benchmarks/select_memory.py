@@ -60,7 +60,7 @@ def write_model(path: Path, arch: str, box: int, classes: list[str]) -> None:
 
 def peak_rss(args: list[str], scratch: Path) -> tuple[float, float]:
     """(peak RSS in MiB, wall seconds) of `cryoal ARGS` in a fresh process."""
-    from cryoal.peak_rss import run_cryoal
+    from peak_rss import run_cryoal  # benchmarks/peak_rss.py, beside this script
 
     res = run_cryoal(args)
     if res.returncode != 0 or res.peak_mib is None:

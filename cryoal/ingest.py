@@ -16,7 +16,7 @@ Image modes (`--mode image|segmentation`) also read PNG, TIFF and NPY files
 (`cryoal.io.images`; a directory contributes those too). Image mode stores 2D images: an MRC
 file or NPY array with several sections, or a multi-page TIFF, is a stack of images.
 Segmentation stores 2D images or 3D patches, as the first item is, and beside each its mask
-(`cryoal.masks`): from the manifest's `mask_path` column (relative to the manifest), else a file
+(`cryoal.io.masks`): from the manifest's `mask_path` column (relative to the manifest), else a file
 named like the image in `--masks DIR` (`a.mrc` -> `a.png`, `a_mask.tif`, ...), else none (all
 pixels unlabelled, -1). Masks are integer class maps; -1 or `--ignore-index` marks unlabelled
 pixels; a mask is cropped/padded exactly as its image. A mask whose shape differs from its image,
@@ -24,7 +24,7 @@ or (with `--classes`) a class id beyond the classes, is a bad input like an unre
 
 A particle's id is the manifest's id, else the file stem (``p01.mrc.gz`` -> ``p01``), with
 ``#k`` appended for item k (from 1) of a stack. Each volume is cropped, z-scored and padded
-to the box by `cryoal.preprocess.fit_box`. Without `--box` every volume must have the shape of
+to the box by `cryoal.io.preprocess.fit_box`. Without `--box` every volume must have the shape of
 the first one (or of the pool, with `--append`).
 
 Everything streams: volumes are read, normalised and appended `batch_size` at a time, so
@@ -51,10 +51,10 @@ from cryoal.io.atomic import check_output_dir
 from cryoal.io.images import ImageFile, image_stem, is_image_name
 from cryoal.io.mrc import MrcFile, is_mrc_name, mrc_stem
 from cryoal.io.pool import PoolWriter, open_pool
+from cryoal.io.preprocess import fit_box
 from cryoal.io.star import Table
 from cryoal.io.tables import read_table, table_len
 from cryoal.labels import resolve_labels
-from cryoal.preprocess import fit_box
 
 MANIFEST_SUFFIXES = (".star", ".csv", ".tsv")
 PATH_COLUMNS = ("rlnImageName", "path")
@@ -83,7 +83,7 @@ class IngestOptions:
     voxel_size: float | None = None
     batch_size: int | None = None  # default: ~32 MB of volumes per write
     compression: str | None = None  # z-scored noisy volumes do not compress: see benchmarks/ingest_speed.py
-    # segmentation mode (cryoal.masks): masks from a manifest `mask_path` column or from this directory
+    # segmentation mode (cryoal.io.masks): masks from a manifest `mask_path` column or from this directory
     masks_dir: Path | None = None
     ignore_index: int | None = None  # mask value meaning "unlabelled" (besides -1)
     classes: list[str] | None = None  # fixed class names: a mask id beyond them is an error
@@ -403,7 +403,7 @@ class _Batch:
         ]
         masks = None
         if self.masks is not None:  # a segmentation particle is labelled when its mask is
-            from cryoal.masks import mask_labels
+            from cryoal.io.masks import mask_labels
 
             masks = self.masks[:n]
             labels = mask_labels(masks).tolist()
@@ -492,7 +492,7 @@ def ingest(
     sources, class_names, planned_bad = plan_sources(inputs, opts, existing_names)
     masks = None
     if opts.mode == "segmentation":
-        from cryoal.masks import MaskReader
+        from cryoal.io.masks import MaskReader
 
         given = list(opts.classes) if opts.classes else list(existing_names)
         masks = MaskReader(opts.ignore_index, opts.masks_dir, given, fixed_classes=bool(opts.classes))
@@ -601,7 +601,7 @@ def _mask_file(item: _Item, masks_dir: Path | None) -> Path | None:
                 raise InputError(f"{item.src.where}: mask file not found: {path}")
             return path
     if masks_dir is not None:
-        from cryoal.masks import find_mask_file
+        from cryoal.io.masks import find_mask_file
 
         return find_mask_file(item.src.file, Path(masks_dir))
     return None

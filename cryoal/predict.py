@@ -1,4 +1,5 @@
-"""Classify every particle of a pool: `predict_pool` streams it in batches and writes a CSV.
+"""Classify every particle of a pool: `predict_pool` streams it in batches and writes a CSV;
+`predict_masks` does the same for a segmentation pool, with a file of predicted masks.
 
 CSV columns: `particle_id,predicted_label,confidence,p_<class>...` (confidence = the top
 probability). Memory stays flat in the pool size: one batch of volumes at a time, rows are written
@@ -11,6 +12,7 @@ from __future__ import annotations
 import csv
 import os
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -45,7 +47,7 @@ def predict_pool(
     `both` (the STAR file beside the CSV, suffix `.star`). The STAR file needs the probabilities
     of every particle in memory (N x C floats), the CSV is streamed.
 
-    A segmentation pool gets masks instead (`cryoal.masks.predict_masks`): predicted masks to
+    A segmentation pool gets masks instead (`predict_masks`): predicted masks to
     `masks_path` (.npy or .mrc; default `<csv stem>_masks.npy`) and a per-image CSV with the mean
     confidence.
 
@@ -67,8 +69,6 @@ def predict_pool(
     with open_pool(pool_path) as pool:
         dense = pool.mode == "segmentation"
     if dense or masks_path is not None:
-        from cryoal.masks import predict_masks
-
         if fmt != "csv" or not dense:
             raise CryoalError(f"{pool_path}: --masks and segmentation pools go with --format csv and "
                               "masks with segmentation pools only")
@@ -124,4 +124,81 @@ def predict_pool(
     }
 
 
-__all__ = ["prediction_columns", "predict_pool"]
+def default_masks_path(out_csv: str | os.PathLike) -> Path:
+    """Where predicted masks go when not given: beside the CSV, `<stem>_masks.npy`."""
+    p = Path(out_csv)
+    return p.with_name(f"{p.stem}_masks.npy")
+
+
+def predict_masks(
+    pool_path: str | os.PathLike, model_path: str | os.PathLike, out_csv: str | os.PathLike,
+    masks_path: str | os.PathLike | None = None, *, batch_size: int = 16, device: str = "auto",
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Segment every particle: predicted masks (int16, pool order) to `masks_path` (.npy or .mrc/.mrcs)
+    and `particle_id,mean_confidence,fraction_<class>...` to `out_csv`; both atomic.
+
+    mean_confidence is the mean over pixels of the top class probability. Memory stays flat in the
+    pool size (the mask file is written through a memory map).
+    """
+    import csv
+
+    import torch
+
+    from cryoal.io.atomic import atomic_open, atomic_path, check_output_dir
+    from cryoal.io.images import mask_format, save_mask_stack
+    from cryoal.io.pool import open_pool
+    from cryoal.io.prefetch import BatchReader
+    from cryoal.learn.checkpoint import check_model_matches_pool, load_model
+    from cryoal.learn.device import resolve_device
+    from cryoal.learn.inference import to_model_input
+
+    if batch_size < 1:
+        raise CryoalError(f"--batch-size {batch_size}: must be at least 1")
+    masks_path = Path(masks_path) if masks_path is not None else default_masks_path(out_csv)
+    fmt = mask_format(masks_path)
+    check_output_dir(out_csv)
+    check_output_dir(masks_path)
+    dev = resolve_device(device)
+    model, meta = load_model(model_path, device=dev)
+    names = [str(c) for c in meta["class_names"]]
+    with open_pool(pool_path) as pool:
+        check_model_matches_pool(meta, pool)
+        ids = pool.particle_ids
+        total = len(pool)
+        conf_sum = 0.0
+        pixels = np.zeros(len(names), np.int64)
+        with atomic_path(masks_path) as tmp_masks, atomic_open(out_csv, "w") as fh:
+            stack, finish = save_mask_stack(tmp_masks, total, tuple(pool.shape), fmt)
+            writer = csv.writer(fh, lineterminator="\n")
+            writer.writerow(["particle_id", "mean_confidence", *[f"fraction_{c}" for c in names]])
+            done = 0
+            for idx, volumes in BatchReader(pool, batch_size=batch_size):
+                with torch.no_grad():
+                    probs = torch.softmax(model(to_model_input(model, volumes, dev)).float(), dim=1)
+                conf, pred = probs.max(dim=1)
+                pred_np = pred.cpu().numpy().astype(np.int16)
+                stack[idx] = pred_np
+                conf_np = conf.flatten(1).mean(1).cpu().numpy()
+                flat = pred_np.reshape(len(idx), -1)
+                for i, c, row in zip(idx, conf_np, flat, strict=True):
+                    frac = np.bincount(row, minlength=len(names)) / row.size
+                    writer.writerow([ids[i], format(c, ".6g"), *(format(f, ".6g") for f in frac)])
+                pixels += np.bincount(flat.ravel(), minlength=len(names))
+                conf_sum += float(conf_np.sum())
+                done += len(idx)
+                if progress:
+                    progress(done, total)
+            finish()
+            del stack
+    share = pixels / max(int(pixels.sum()), 1)
+    return {
+        "n": int(total), "class_names": names, "output": str(out_csv), "masks": str(masks_path),
+        "outputs": {"csv": str(out_csv), "masks": str(masks_path)},
+        "counts": dict(zip(names, pixels.tolist(), strict=True)),  # predicted pixels per class
+        "pixel_fraction": dict(zip(names, [float(s) for s in share], strict=True)),
+        "mean_confidence": conf_sum / total if total else None,
+    }
+
+
+__all__ = ["default_masks_path", "prediction_columns", "predict_masks", "predict_pool"]

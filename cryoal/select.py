@@ -309,7 +309,7 @@ def select_pool(
     (see `output_paths`). Under torchrun pass `dist` (`cryoal.learn.distributed.init_distributed`): the
     ranks share the scoring, rank 0 alone writes and returns the summary (None elsewhere), and the
     files are byte-identical to one process's (with the same threads per process). `log` is an
-    optional `cryoal.logjson.EventLog` (start, progress, done events). `balance`, `pick`, `beta`,
+    optional `cryoal.io.logjson.EventLog` (start, progress, done events). `balance`, `pick`, `beta`,
     `calibrated`: see `select_from_pool`.
     """
     import time

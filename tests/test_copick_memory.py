@@ -1,4 +1,4 @@
-"""Peak memory of `cryoal extract --copick`, measured in fresh processes (`cryoal.peak_rss`).
+"""Peak memory of `cryoal extract --copick`, measured in fresh processes (`benchmarks/peak_rss.py`).
 
 Two copick projects hold the same 200 picks in a tomogram of 64 MiB and one 4× larger (256 MiB),
 stored as OME-Zarr in 64³ chunks, uncompressed (so that nothing is small on disk by accident).
@@ -12,8 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from copick_project import write_config
+from script_helpers import load_benchmark_script
 
-from cryoal.peak_rss import run_cryoal
+run_cryoal = load_benchmark_script("peak_rss").run_cryoal
 
 copick = pytest.importorskip("copick")
 zarr = pytest.importorskip("zarr")

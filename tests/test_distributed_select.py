@@ -16,8 +16,8 @@ import h5py
 import numpy as np
 import pytest
 
+from cryoal.io.logjson import read_events
 from cryoal.io.pool import PoolWriter, open_pool
-from cryoal.logjson import read_events
 
 REPO = Path(__file__).resolve().parents[1]
 N, BOX, N_LABELLED = 90, 8, 12

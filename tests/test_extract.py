@@ -204,7 +204,7 @@ def test_zscore_matches_reference_and_ingest_rule():
     got = zscore(box, "b")
     np.testing.assert_allclose(got, reference_zscore(box), rtol=0, atol=1e-6)
     assert got.dtype == np.float32
-    from cryoal.preprocess import zscore as ingest_zscore
+    from cryoal.io.preprocess import zscore as ingest_zscore
 
     np.testing.assert_allclose(got, ingest_zscore(box), rtol=0, atol=1e-6)
     with pytest.raises(InputError, match="b: constant box"):

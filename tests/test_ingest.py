@@ -528,12 +528,12 @@ def test_help_shows_an_example():
 
 
 # ------------------------------------------------------------------------------------------
-# cryoal.preprocess against slow references
+# cryoal.io.preprocess against slow references
 # ------------------------------------------------------------------------------------------
 
 
 def test_zscore_matches_float64_reference():
-    from cryoal.preprocess import zscore
+    from cryoal.io.preprocess import zscore
 
     rng = np.random.default_rng(3)
     for vol in (
@@ -552,7 +552,7 @@ def test_zscore_matches_float64_reference():
 def test_zscore_matches_naive_formula_on_random_volumes():
     """Many shapes, offsets and scales, contiguous or cropped views: the naive float64 formula
     (x - mean) / std within float32 rounding."""
-    from cryoal.preprocess import zscore
+    from cryoal.io.preprocess import zscore
 
     rng = np.random.default_rng(11)
     for k in range(40):
@@ -574,7 +574,7 @@ def test_zscore_matches_naive_formula_on_random_volumes():
 
 
 def test_zscore_refuses_constant_and_non_finite():
-    from cryoal.preprocess import zscore
+    from cryoal.io.preprocess import zscore
 
     for value in (0.0, 3.0, 0.1, -7.25, 1e30):
         with pytest.raises(InputError, match="v.mrc: constant volume"):
@@ -595,7 +595,7 @@ def _pad_region(shape, target):
 
 
 def test_crop_pad_against_index_loops():
-    from cryoal.preprocess import crop_or_pad, fit_box
+    from cryoal.io.preprocess import crop_or_pad, fit_box
 
     rng = np.random.default_rng(5)
     vol = rng.standard_normal((7, 12, 9)).astype(np.float32)  # z padded, y cropped, x padded or cropped

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from cryoal.errors import CryoalError
-from cryoal.logjson import EventLog, read_events
+from cryoal.io.logjson import EventLog, read_events
 
 
 def _strict_lines(path) -> list[dict]:

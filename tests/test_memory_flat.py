@@ -12,9 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from script_helpers import load_benchmark_script
 
 from cryoal.io.pool import PoolWriter
-from cryoal.peak_rss import run_cryoal
+
+run_cryoal = load_benchmark_script("peak_rss").run_cryoal
 
 BOX = 16
 ALLOWED_GROWTH_MIB = 40  # bookkeeping for 18,000 particles, with margin; the volumes are 281 MiB

@@ -120,7 +120,7 @@ def test_as_mask_rules():
 
 
 def test_fit_mask_pads_with_unlabelled_like_fit_box():
-    from cryoal.preprocess import fit_box
+    from cryoal.io.preprocess import fit_box
 
     mask = np.arange(6 * 5).reshape(6, 5).astype(np.int16)
     out = fit_mask(mask, (4, 8))

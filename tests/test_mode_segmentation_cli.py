@@ -15,10 +15,11 @@ from PIL import Image
 
 from cryoal import load_model, score
 from cryoal.io.images import read_mask
+from cryoal.io.masks import mask_labels
 from cryoal.io.pool import open_pool
+from cryoal.io.preprocess import zscore
 from cryoal.io.tables import read_table
-from cryoal.masks import mask_labels, mean_iou, pixel_confusion
-from cryoal.preprocess import zscore
+from cryoal.learn.metrics import confusion_matrix, mean_iou
 from cryoal.simulate.membranes import simulate_membranes
 
 pytestmark = pytest.mark.usefixtures("one_omp_thread")
@@ -192,8 +193,8 @@ def test_unet_on_membranes_beats_all_background(monkeypatch):
     model, _ = fit(x[:32], masks[:32], None, None, n_classes=2, mode="segmentation", epochs=6,
                    batch_size=8, lr=3e-3, device="cpu", seed=0)
     pred = predict_proba(model, x[32:], "cpu").argmax(1)
-    unet = mean_iou(pixel_confusion(masks[32:], pred, 2))
-    background = mean_iou(pixel_confusion(masks[32:], np.zeros_like(pred), 2))
+    unet = mean_iou(confusion_matrix(masks[32:], pred, 2))
+    background = mean_iou(confusion_matrix(masks[32:], np.zeros_like(pred), 2))
     assert unet > background + 0.2, (unet, background)
     assert unet > 0.6
 

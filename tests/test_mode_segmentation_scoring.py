@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from cryoal.errors import CryoalError
-from cryoal.masks import iou_per_class, mask_labels, mean_iou, pixel_confusion
+from cryoal.io.masks import mask_labels
+from cryoal.learn.metrics import confusion_matrix, iou_per_class, mean_iou
 from cryoal.models.unet import build_segmentation_model
 from cryoal.modes.segmentation import augment_pairs, pixel_mean_cross_entropy
 from cryoal.scoring.segmentation import dense_gradnorm_scores, expected_exact, pixel_mean
@@ -181,7 +182,7 @@ def test_iou_and_mask_labels_against_loops():
     rng = np.random.default_rng(0)
     t = rng.integers(-1, 3, size=(5, 6, 6))
     p = rng.integers(0, 3, size=(5, 6, 6))
-    cm = pixel_confusion(t, p, 3)
+    cm = confusion_matrix(t, p, 3)
     for c in range(3):
         inter = np.sum((t == c) & (p == c))
         union = np.sum(((t == c) | (p == c)) & (t >= 0))

@@ -16,7 +16,8 @@ from cryoal.cli import app
 from cryoal.errors import CryoalError
 from cryoal.io.pool import PoolWriter
 from cryoal.learn.checkpoint import load_model
-from cryoal.learn.train import confusion_matrix, fit, recalibrate_batchnorm, stratified_split
+from cryoal.learn.metrics import confusion_matrix, per_class_accuracy
+from cryoal.learn.train import fit, recalibrate_batchnorm, stratified_split
 from cryoal.models import DEFAULT_ARCH
 from cryoal.modes import get_mode
 from cryoal.modes.augment import augment_subtomograms
@@ -80,9 +81,9 @@ def test_confusion_matrix_against_loop() -> None:
         ref[a, b] += 1
     cm = confusion_matrix(y, p, 4)
     assert np.array_equal(cm, ref)
-    acc = train_mod.per_class_accuracy(cm)
+    acc = per_class_accuracy(cm)
     assert acc == pytest.approx([ref[i, i] / ref[i].sum() for i in range(4)])
-    assert train_mod.per_class_accuracy(np.array([[0, 0], [1, 1]])) == [None, 0.5]
+    assert per_class_accuracy(np.array([[0, 0], [1, 1]])) == [None, 0.5]
 
 
 def test_cpu_threads_follow_the_cores_unless_told(monkeypatch) -> None:

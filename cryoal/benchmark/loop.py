@@ -89,7 +89,7 @@ class BenchmarkData:
     """The pool (read only) with the oracle's truth, aligned to pool rows."""
 
     pool: Pool
-    truth: np.ndarray  # (N,) class index per pool row (segmentation: the strata, `cryoal.masks.mask_labels`)
+    truth: np.ndarray  # (N,) class index per pool row (segmentation: the strata, `io.masks.mask_labels`)
     class_names: list[str]
     targets: np.ndarray | None = None  # segmentation: the true masks (N, *shape), what is trained and scored
     workdir: Path = field(default_factory=Path)  # scratch files of the steps (OUT_DIR/state)

@@ -75,13 +75,13 @@ def run_cli(pool_path: Path, truth_path: Path, out: Path, console, *, resume: bo
             steps: Steps | None = None, event_log=None, **options) -> None:
     """Run the whole benchmark command (options as in `BenchmarkConfig`).
 
-    `event_log` (a `cryoal.logjson.EventLog`, `--log-json`) gets `start`, `message` (each line of
+    `event_log` (a `cryoal.io.logjson.EventLog`, `--log-json`) gets `start`, `message` (each line of
     the log), `progress` (after each cycle), `cycle` (each learning-curve point) and `done`
     (AUBC summary and timings) events.
     """
     import time
 
-    from cryoal.logjson import EventLog
+    from cryoal.io.logjson import EventLog
 
     event_log = event_log or EventLog(None)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn

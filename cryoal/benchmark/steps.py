@@ -73,11 +73,11 @@ def evaluate_model(
         preds.append(predict_proba(model, data.read(rows), device).argmax(axis=1))
     pred = np.concatenate(preds) if preds else np.empty(0, dtype=np.int64)
     if data.targets is not None:
-        from cryoal.masks import mean_iou, pixel_confusion
+        from cryoal.learn.metrics import confusion_matrix, mean_iou
 
         truth = data.targets[test]
         keep = truth >= 0
-        return (mean_iou(pixel_confusion(truth, pred, data.n_classes)),
+        return (mean_iou(confusion_matrix(truth, pred, data.n_classes)),
                 macro_f1(truth[keep].ravel(), pred[keep].ravel()))
     truth = data.truth[test]
     return accuracy(truth, pred), macro_f1(truth, pred)

@@ -1,4 +1,5 @@
-"""The oracle: true labels of every pool particle, read from a `particle_id,label` table."""
+"""The oracle: true labels of every pool particle, read from a `particle_id,label` table (or true
+masks, from a `particle_id,mask_path` table)."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ def load_truth(pool: Pool, path: str | os.PathLike) -> BenchmarkData:
     """
     path = Path(path)
     table = read_table(path)
-    from cryoal.masks import MASK_COLUMNS
+    from cryoal.io.masks import MASK_COLUMNS
 
     if any(c in table for c in MASK_COLUMNS):  # segmentation: particle_id,mask_path
         return _load_mask_truth(pool, path)
@@ -57,7 +58,7 @@ def load_truth(pool: Pool, path: str | os.PathLike) -> BenchmarkData:
 def _load_mask_truth(pool: Pool, path: Path) -> BenchmarkData:
     """Segmentation truth: every particle's mask. The strata (for the test split and the initial
     set) are `mask_labels` (largest class id in the mask); the metric is the mean IoU."""
-    from cryoal.masks import class_names_for, mask_labels, read_truth_masks
+    from cryoal.io.masks import class_names_for, mask_labels
 
     masks = read_truth_masks(pool, path)
     present = np.unique(masks[masks >= 0])
@@ -65,3 +66,29 @@ def _load_mask_truth(pool: Pool, path: Path) -> BenchmarkData:
         raise InputError(f"{path}: the true masks hold a single class; nothing to segment")
     names = class_names_for(int(present.max()) + 1, pool.class_names)
     return BenchmarkData(pool, mask_labels(masks).astype(np.int64).clip(min=0), names, targets=masks)
+
+
+def read_truth_masks(pool, table_path: str | os.PathLike, ignore_index: int | None = None) -> np.ndarray:
+    """The oracle's masks (N, *shape) int16 for every pool particle, in pool order, from a
+    `particle_id,mask_path` table (the benchmark's truth for segmentation pools). InputError when a
+    particle has no mask, or a mask does not fit its image."""
+    from cryoal.io.images import read_mask
+    from cryoal.io.masks import fit_to_pool, mask_column, source_shape
+
+    table_path = Path(table_path)
+    table = read_table(table_path)
+    if "particle_id" not in table:
+        raise InputError(f"{table_path}: no 'particle_id' column (columns: {', '.join(table) or 'none'})")
+    col = mask_column(table, str(table_path))
+    refs = {pid.strip(): ref.strip() for pid, ref in zip(table["particle_id"], table[col], strict=True)
+            if ref.strip()}
+    kind = "image" if len(pool.shape) == 2 else "volume"
+    out = np.empty((len(pool), *pool.shape), np.int16)
+    for row, pid in enumerate(pool.particle_ids):
+        ref = refs.get(str(pid))
+        if ref is None:
+            raise InputError(f"{table_path}: no mask for pool particle '{pid}'")
+        path = Path(ref) if os.path.isabs(ref) else table_path.parent / ref
+        mask = read_mask(path, kind=kind, ignore_index=ignore_index)
+        out[row] = fit_to_pool(mask, pool.shape, source_shape(pool.sources[row], kind), str(path))
+    return out

@@ -109,7 +109,7 @@ def benchmark(
     Outputs in OUT: curves.csv, selections.csv, summary.csv (AUBC), curves.png and run.json.
     """
     from cryoal.benchmark.runner import run_cli
-    from cryoal.logjson import EventLog
+    from cryoal.io.logjson import EventLog
 
     known = _known_schemes()
     names = parse_schemes(schemes, known)

@@ -33,9 +33,9 @@ def label(
     table; same formats as ingest): a mask whose shape differs from its image, or a class id beyond
     the pool's classes (without --add-classes), rejects the whole file.
     """
+    from cryoal.io.masks import MASK_COLUMNS
     from cryoal.io.tables import read_table
     from cryoal.labels import import_label_file
-    from cryoal.masks import MASK_COLUMNS
 
     if any(c in read_table(table) for c in MASK_COLUMNS):
         _import_masks(pool, table, add_classes, ignore_index)
@@ -61,7 +61,7 @@ def label(
 
 
 def _import_masks(pool: Path, table: Path, add_classes: bool, ignore_index: int | None) -> None:
-    from cryoal.masks import import_mask_file
+    from cryoal.io.masks import import_mask_file
 
     s = import_mask_file(pool, table, add_classes=add_classes, ignore_index=ignore_index)
     if s.n_set == 0:

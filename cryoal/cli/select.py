@@ -74,9 +74,9 @@ def select(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
     from rich.table import Table
 
+    from cryoal.io.logjson import EventLog
     from cryoal.learn.device import resolve_device
     from cryoal.learn.distributed import init_distributed, launched_by_torchrun, shutdown
-    from cryoal.logjson import EventLog
     from cryoal.select import output_paths, select_pool
 
     output_paths(output, fmt)  # a bad --format fails before torch.distributed starts

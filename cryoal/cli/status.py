@@ -24,7 +24,7 @@ def status(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
 ) -> None:
     """Show counts (total, labelled per class, unlabelled), box, voxel size, label rounds and sources."""
-    from cryoal.summary import pool_summary
+    from cryoal.io.summary import pool_summary
 
     info = pool_summary(pool)
     if as_json:

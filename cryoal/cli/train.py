@@ -168,10 +168,10 @@ def _train(pool: Path, output: Path, dist, log_json: Path | None, **train_kwargs
     """Train (on this rank's share under torchrun) and save on rank 0; returns the metrics."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from cryoal.io.logjson import EventLog
     from cryoal.learn.checkpoint import save_checkpoint
     from cryoal.learn.distributed import run_on_all_ranks
     from cryoal.learn.train import train_from_pool
-    from cryoal.logjson import EventLog
 
     console = stderr_console()
     started = False

@@ -79,7 +79,7 @@ def fourier_bin(box: np.ndarray, factor: int) -> np.ndarray:
 
 def zscore(box: np.ndarray, name: str, out: np.ndarray | None = None) -> np.ndarray:
     """Mean 0, standard deviation 1, float32, sums in float64: the same rule as ingest's
-    `cryoal.preprocess.zscore` (NaN/Inf voxels or a constant box are bad input, named `name`).
+    `cryoal.io.preprocess.zscore` (NaN/Inf voxels or a constant box are bad input, named `name`).
     `out` (float32, the box's shape) receives the result when given.
 
     Written with ufunc reductions only: a BLAS dot product here costs milliseconds per box when

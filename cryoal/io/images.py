@@ -283,9 +283,9 @@ def check_class_range(mask: np.ndarray, n_classes: int, name: str) -> None:
 
 
 def fit_mask(mask: np.ndarray, target: tuple[int, ...]) -> np.ndarray:
-    """Centre crop/pad a mask to `target` exactly as `cryoal.preprocess.fit_box` does its image;
+    """Centre crop/pad a mask to `target` exactly as `cryoal.io.preprocess.fit_box` does its image;
     padded pixels are unlabelled (-1)."""
-    from cryoal.preprocess import crop_or_pad
+    from cryoal.io.preprocess import crop_or_pad
 
     return crop_or_pad(np.asarray(mask, MASK_DTYPE), target, fill=UNLABELLED)
 

@@ -19,6 +19,7 @@ from torch import nn
 
 from cryoal.errors import CryoalError
 from cryoal.learn.device import resolve_device, seed_everything, use_all_cpu_cores
+from cryoal.learn.metrics import confusion_matrix, labelled_accuracy, mean_iou, per_class_accuracy
 from cryoal.modes import get_mode
 
 Progress = Callable[[dict[str, Any]], None]
@@ -57,43 +58,6 @@ def stratified_split(labels: np.ndarray, val_fraction: float, seed: int) -> tupl
         val.append(members[:n_val])
         train.append(members[n_val:])
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(val))
-
-
-# ------------------------------------------------------------------------------------------
-# Metrics
-# ------------------------------------------------------------------------------------------
-
-
-def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
-    """(C, C) counts: rows are the true class, columns the predicted class. Targets may be dense
-    (masks: every pixel counts) and -1 (unlabelled) is left out."""
-    t = np.asarray(y_true, np.int64).ravel()
-    p = np.asarray(y_pred, np.int64).ravel()
-    keep = t >= 0
-    cm = np.zeros((n_classes, n_classes), dtype=np.int64)
-    np.add.at(cm, (t[keep], p[keep]), 1)
-    return cm
-
-
-def labelled_accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
-    """Share of labelled targets (samples, or pixels of masks) predicted right; NaN if none."""
-    t = np.asarray(y_true)
-    keep = t >= 0
-    return float((np.asarray(y_pred)[keep] == t[keep]).mean()) if keep.any() else float("nan")
-
-
-def mean_iou_of(cm: np.ndarray) -> float:
-    """Mean over classes of intersection / union (classes neither present nor predicted left out)."""
-    cm = np.asarray(cm, dtype=np.float64)
-    tp = np.diag(cm)
-    union = cm.sum(0) + cm.sum(1) - tp
-    return float((tp[union > 0] / union[union > 0]).mean()) if (union > 0).any() else float("nan")
-
-
-def per_class_accuracy(cm: np.ndarray) -> list[float | None]:
-    """Recall of each class (diagonal over row sum); None for a class with no samples."""
-    rows = cm.sum(axis=1)
-    return [float(cm[i, i] / rows[i]) if rows[i] else None for i in range(cm.shape[0])]
 
 
 # ------------------------------------------------------------------------------------------
@@ -313,7 +277,7 @@ def fit(
             val_acc = labelled_accuracy(y_val, val_pred)
             record.update(val_loss=val_loss, val_accuracy=val_acc)
             if dense:  # masks: keep the best mean IoU (pixel accuracy favours all-background)
-                val_acc = record["val_mean_iou"] = mean_iou_of(confusion_matrix(y_val, val_pred, n_classes))
+                val_acc = record["val_mean_iou"] = mean_iou(confusion_matrix(y_val, val_pred, n_classes))
             improved = val_acc > best["acc"] or (val_acc == best["acc"] and val_loss < best["loss"])
             if improved:
                 state = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -369,7 +333,7 @@ def fit(
         "cpu_threads": threads,
         "world_size": dist.world_size,
         "history": history,
-        "mean_iou": mean_iou_of(cm) if dense else None,
+        "mean_iou": mean_iou(cm) if dense else None,
         "calibration": calibration,
         "settings": {"epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
                      "patience": patience, "seed": seed, "augment": augment},
@@ -483,5 +447,4 @@ def train_from_pool(
     return model, metrics, meta
 
 
-__all__ = ["DEFAULTS", "confusion_matrix", "fit", "labelled_split", "per_class_accuracy",
-           "stratified_split", "train_from_pool"]
+__all__ = ["DEFAULTS", "fit", "labelled_split", "stratified_split", "train_from_pool"]

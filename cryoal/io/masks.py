@@ -1,5 +1,6 @@
-"""Segmentation masks in a pool: reading and checking them, importing expert masks (`cryoal label`
-with a `particle_id,mask_path` table), per-class IoU, and writing predicted masks (`cryoal predict`).
+"""Segmentation masks in a pool: reading and checking them, and importing expert masks (`cryoal
+label` with a `particle_id,mask_path` table). Their IoU is in `cryoal.learn.metrics`, predicted
+masks in `cryoal.predict`, the benchmark's truth masks in `cryoal.benchmark.truth`.
 
 A segmentation pool keeps one int16 mask per particle in its `masks` dataset (-1 = unlabelled).
 Its `label` marks which particles are annotated: -1 when no pixel of the mask is labelled, else
@@ -11,10 +12,9 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -25,9 +25,7 @@ from cryoal.io.images import (
     as_mask,
     check_class_range,
     fit_mask,
-    mask_format,
     read_mask,
-    save_mask_stack,
 )
 from cryoal.io.pool import edit_pool, open_pool
 from cryoal.io.tables import read_table, table_len
@@ -265,140 +263,7 @@ def import_mask_file(
     return summary
 
 
-def read_truth_masks(pool, table_path: str | os.PathLike, ignore_index: int | None = None) -> np.ndarray:
-    """The oracle's masks (N, *shape) int16 for every pool particle, in pool order, from a
-    `particle_id,mask_path` table (the benchmark's truth for segmentation pools). InputError when a
-    particle has no mask, or a mask does not fit its image."""
-    table_path = Path(table_path)
-    table = read_table(table_path)
-    if "particle_id" not in table:
-        raise InputError(f"{table_path}: no 'particle_id' column (columns: {', '.join(table) or 'none'})")
-    col = mask_column(table, str(table_path))
-    refs = {pid.strip(): ref.strip() for pid, ref in zip(table["particle_id"], table[col], strict=True)
-            if ref.strip()}
-    kind = "image" if len(pool.shape) == 2 else "volume"
-    out = np.empty((len(pool), *pool.shape), np.int16)
-    for row, pid in enumerate(pool.particle_ids):
-        ref = refs.get(str(pid))
-        if ref is None:
-            raise InputError(f"{table_path}: no mask for pool particle '{pid}'")
-        path = Path(ref) if os.path.isabs(ref) else table_path.parent / ref
-        mask = read_mask(path, kind=kind, ignore_index=ignore_index)
-        out[row] = fit_to_pool(mask, pool.shape, source_shape(pool.sources[row], kind), str(path))
-    return out
-
-
-# ------------------------------------------------------------------------------------------
-# Metrics
-# ------------------------------------------------------------------------------------------
-
-
-def pixel_confusion(y_true: np.ndarray, y_pred: np.ndarray, n_classes: int) -> np.ndarray:
-    """(C, C) pixel counts over labelled pixels (y_true >= 0); rows true, columns predicted."""
-    t = np.asarray(y_true).ravel()
-    p = np.asarray(y_pred).ravel()
-    keep = t >= 0
-    flat = t[keep].astype(np.int64) * n_classes + p[keep].astype(np.int64)
-    return np.bincount(flat, minlength=n_classes * n_classes).reshape(n_classes, n_classes)
-
-
-def iou_per_class(cm: np.ndarray) -> list[float | None]:
-    """Intersection over union of each class from a confusion matrix; None where the class is
-    neither present nor predicted."""
-    cm = np.asarray(cm, dtype=np.float64)
-    tp = np.diag(cm)
-    union = cm.sum(0) + cm.sum(1) - tp
-    return [float(tp[i] / union[i]) if union[i] > 0 else None for i in range(cm.shape[0])]
-
-
-def mean_iou(cm: np.ndarray) -> float:
-    """Mean IoU over the classes with a defined IoU (NaN if none)."""
-    vals = [v for v in iou_per_class(cm) if v is not None]
-    return float(np.mean(vals)) if vals else float("nan")
-
-
-# ------------------------------------------------------------------------------------------
-# Predicted masks
-# ------------------------------------------------------------------------------------------
-
-
-def default_masks_path(out_csv: str | os.PathLike) -> Path:
-    """Where predicted masks go when not given: beside the CSV, `<stem>_masks.npy`."""
-    p = Path(out_csv)
-    return p.with_name(f"{p.stem}_masks.npy")
-
-
-def predict_masks(
-    pool_path: str | os.PathLike, model_path: str | os.PathLike, out_csv: str | os.PathLike,
-    masks_path: str | os.PathLike | None = None, *, batch_size: int = 16, device: str = "auto",
-    progress: Callable[[int, int], None] | None = None,
-) -> dict[str, Any]:
-    """Segment every particle: predicted masks (int16, pool order) to `masks_path` (.npy or .mrc/.mrcs)
-    and `particle_id,mean_confidence,fraction_<class>...` to `out_csv`; both atomic.
-
-    mean_confidence is the mean over pixels of the top class probability. Memory stays flat in the
-    pool size (the mask file is written through a memory map).
-    """
-    import csv
-
-    import torch
-
-    from cryoal.io.atomic import atomic_open, atomic_path, check_output_dir
-    from cryoal.io.prefetch import BatchReader
-    from cryoal.learn.checkpoint import check_model_matches_pool, load_model
-    from cryoal.learn.device import resolve_device
-    from cryoal.learn.inference import to_model_input
-
-    if batch_size < 1:
-        raise CryoalError(f"--batch-size {batch_size}: must be at least 1")
-    masks_path = Path(masks_path) if masks_path is not None else default_masks_path(out_csv)
-    fmt = mask_format(masks_path)
-    check_output_dir(out_csv)
-    check_output_dir(masks_path)
-    dev = resolve_device(device)
-    model, meta = load_model(model_path, device=dev)
-    names = [str(c) for c in meta["class_names"]]
-    with open_pool(pool_path) as pool:
-        check_model_matches_pool(meta, pool)
-        ids = pool.particle_ids
-        total = len(pool)
-        conf_sum = 0.0
-        pixels = np.zeros(len(names), np.int64)
-        with atomic_path(masks_path) as tmp_masks, atomic_open(out_csv, "w") as fh:
-            stack, finish = save_mask_stack(tmp_masks, total, tuple(pool.shape), fmt)
-            writer = csv.writer(fh, lineterminator="\n")
-            writer.writerow(["particle_id", "mean_confidence", *[f"fraction_{c}" for c in names]])
-            done = 0
-            for idx, volumes in BatchReader(pool, batch_size=batch_size):
-                with torch.no_grad():
-                    probs = torch.softmax(model(to_model_input(model, volumes, dev)).float(), dim=1)
-                conf, pred = probs.max(dim=1)
-                pred_np = pred.cpu().numpy().astype(np.int16)
-                stack[idx] = pred_np
-                conf_np = conf.flatten(1).mean(1).cpu().numpy()
-                flat = pred_np.reshape(len(idx), -1)
-                for i, c, row in zip(idx, conf_np, flat, strict=True):
-                    frac = np.bincount(row, minlength=len(names)) / row.size
-                    writer.writerow([ids[i], format(c, ".6g"), *(format(f, ".6g") for f in frac)])
-                pixels += np.bincount(flat.ravel(), minlength=len(names))
-                conf_sum += float(conf_np.sum())
-                done += len(idx)
-                if progress:
-                    progress(done, total)
-            finish()
-            del stack
-    share = pixels / max(int(pixels.sum()), 1)
-    return {
-        "n": int(total), "class_names": names, "output": str(out_csv), "masks": str(masks_path),
-        "outputs": {"csv": str(out_csv), "masks": str(masks_path)},
-        "counts": dict(zip(names, pixels.tolist(), strict=True)),  # predicted pixels per class
-        "pixel_fraction": dict(zip(names, [float(s) for s in share], strict=True)),
-        "mean_confidence": conf_sum / total if total else None,
-    }
-
-
 __all__ = [
-    "MASK_COLUMNS", "MaskImportSummary", "class_names_for", "default_masks_path", "fit_to_pool",
-    "import_mask_file", "iou_per_class", "mask_column", "mask_labels", "mean_iou", "parse_source",
-    "pixel_confusion", "predict_masks", "read_truth_masks", "source_shape",
+    "MASK_COLUMNS", "MaskImportSummary", "class_names_for", "fit_to_pool", "import_mask_file",
+    "mask_column", "mask_labels", "parse_source", "source_shape",
 ]

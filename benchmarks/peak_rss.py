@@ -1,6 +1,6 @@
 """Run a cryoal command in a fresh Python process and measure its peak resident memory.
 
-Used by the memory benchmarks (`benchmarks/big_pool.py`, `benchmarks/select_memory.py`) and the
+Used by the memory benchmarks (`big_pool.py`, `select_memory.py` beside it) and the
 flat-memory tests. The peak comes from /proc/self/status (VmHWM) read at exit inside the child:
 `ru_maxrss` of a child is not reliable here, since Linux carries it over across fork+exec.
 """
