@@ -151,7 +151,7 @@ def predict_masks(
     from cryoal.io.prefetch import BatchReader
     from cryoal.learn.checkpoint import check_model_matches_pool, load_model
     from cryoal.learn.device import resolve_device
-    from cryoal.learn.inference import to_model_input
+    from cryoal.models.input import to_model_input
 
     if batch_size < 1:
         raise CryoalError(f"--batch-size {batch_size}: must be at least 1")

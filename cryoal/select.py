@@ -105,7 +105,7 @@ def select_from_pool(
     from cryoal.learn.distributed import DistContext, gather_concat, run_on_all_ranks, shard_range
 
     dist = dist or DistContext()
-    from cryoal.learn.calibration import temperature_of
+    from cryoal.learn.calibration import calibrated_softmax, temperature_of
     from cryoal.scoring import SCHEMES, as_model_input, get_scheme
     from cryoal.scoring.gradnorm import NORMS
     from cryoal.scoring.picks import resolve_pick
@@ -228,8 +228,7 @@ def select_from_pool(
                 for _, x in batches(indices[read_order], done0, total_):
                     logits, f = penultimate(model, x)
                     # one row per sample: per-pixel probabilities are averaged over pixels
-                    z = logits.double() / temperature
-                    probs.append(pooled_probs(torch.softmax(z, dim=1).cpu().numpy()))
+                    probs.append(pooled_probs(calibrated_softmax(logits, temperature).cpu().numpy()))
                     feats.append(f.double().cpu().numpy())
             return {"feats": np.concatenate(feats), "probs": np.concatenate(probs)} if feats else None
 

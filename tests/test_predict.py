@@ -16,8 +16,9 @@ import cryoal.predict as predict_mod
 from cryoal.cli import app
 from cryoal.io.pool import Pool, PoolWriter, open_pool
 from cryoal.learn.checkpoint import save_checkpoint
-from cryoal.learn.inference import predict_proba, to_model_input
+from cryoal.learn.inference import predict_proba
 from cryoal.models import build_model
+from cryoal.models.input import to_model_input
 
 NAMES = ["ribosome", "proteasome", "membrane"]
 BOX = 10

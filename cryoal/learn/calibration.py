@@ -14,12 +14,15 @@ not a buffer, so the state dict and the parameter set stay what they are); `temp
 from __future__ import annotations
 
 import math
+from typing import TypeVar
 
 import numpy as np
+import torch
 from torch import nn
 
 ATTRIBUTE = "cryoal_temperature"
 LOG_T_BOUNDS = (math.log(0.05), math.log(20.0))  # T in [0.05, 20]: far outside is a broken fit
+Logits = TypeVar("Logits", np.ndarray, torch.Tensor)
 
 
 def temperature_of(model: nn.Module) -> float:
@@ -36,6 +39,17 @@ def set_temperature(model: nn.Module, temperature: float) -> nn.Module:
     return model
 
 
+def apply_temperature(logits: Logits, temperature: float) -> Logits:
+    """The calibrated logits z / T, of the type and dtype given (a tensor or an array): the one
+    place where the temperature meets the logits."""
+    return logits / temperature
+
+
+def calibrated_softmax(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """softmax(z / T) over the class axis (1) in float64, for (B, C) or per-pixel (B, C, *S) logits."""
+    return torch.softmax(apply_temperature(logits.double(), temperature), dim=1)
+
+
 def log_softmax(logits: np.ndarray) -> np.ndarray:
     """Row-wise log-softmax of (N, C) logits, float64."""
     z = np.asarray(logits, dtype=np.float64)
@@ -45,7 +59,7 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
 
 def nll(logits: np.ndarray, labels: np.ndarray, temperature: float = 1.0) -> float:
     """Mean negative log-likelihood of `labels` under softmax(logits / temperature)."""
-    logp = log_softmax(np.asarray(logits, dtype=np.float64) / temperature)
+    logp = log_softmax(apply_temperature(np.asarray(logits, dtype=np.float64), temperature))
     y = np.asarray(labels, dtype=np.int64)
     return float(-logp[np.arange(y.size), y].mean())
 
@@ -93,7 +107,7 @@ def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int 
 
 def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
     """Row-wise softmax(logits / temperature), float64."""
-    return np.exp(log_softmax(np.asarray(logits, dtype=np.float64) / temperature))
+    return np.exp(log_softmax(apply_temperature(np.asarray(logits, dtype=np.float64), temperature)))
 
 
 def calibration_report(logits: np.ndarray, labels: np.ndarray, temperature: float) -> dict[str, float]:
@@ -106,5 +120,6 @@ def calibration_report(logits: np.ndarray, labels: np.ndarray, temperature: floa
     }
 
 
-__all__ = ["ATTRIBUTE", "calibration_report", "confidence_ece", "expected_calibration_error",
-           "fit_temperature", "nll", "set_temperature", "softmax", "temperature_of"]
+__all__ = ["ATTRIBUTE", "apply_temperature", "calibrated_softmax", "calibration_report",
+           "confidence_ece", "expected_calibration_error", "fit_temperature", "nll", "set_temperature",
+           "softmax", "temperature_of"]

@@ -10,21 +10,8 @@ import numpy as np
 import torch
 from torch import nn
 
-Batch = np.ndarray | torch.Tensor
-Device = torch.device | str
-
-
-def to_model_input(model: nn.Module, batch: Batch, device: Device) -> torch.Tensor:
-    """A float32 tensor (B, 1, *shape) on `device` from pool volumes (B, *shape) or (B, 1, *shape).
-
-    The channel axis is added when the batch has one axis fewer than the model's input would.
-    """
-    x = torch.as_tensor(np.ascontiguousarray(batch) if isinstance(batch, np.ndarray) else batch)
-    shape = getattr(model, "input_shape", None)
-    particle_ndim = len(shape) if shape is not None else x.ndim - 2
-    if x.ndim == particle_ndim + 1:
-        x = x.unsqueeze(1)
-    return x.to(device=device, dtype=torch.float32, non_blocking=True)
+from cryoal.learn.calibration import apply_temperature
+from cryoal.models.input import Batch, Device, to_model_input
 
 
 @torch.no_grad()
@@ -37,7 +24,8 @@ def predict_logits(model: nn.Module, batch: Batch, device: Device) -> torch.Tens
 def predict_proba(model: nn.Module, batch: Batch, device: Device, temperature: float = 1.0) -> np.ndarray:
     """Softmax class probabilities of logits / `temperature` (B, C) as a float32 numpy array; the
     model is put in eval mode. Pass `cryoal.learn.calibration.temperature_of(model)` for calibrated ones."""
-    return torch.softmax(predict_logits(model, batch, device) / temperature, dim=1).cpu().numpy()
+    logits = apply_temperature(predict_logits(model, batch, device), temperature)
+    return torch.softmax(logits, dim=1).cpu().numpy()
 
 
-__all__ = ["predict_logits", "predict_proba", "to_model_input"]
+__all__ = ["predict_logits", "predict_proba"]

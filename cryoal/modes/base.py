@@ -9,6 +9,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from cryoal.models.input import as_input
+
 
 @dataclass(frozen=True)
 class Mode:
@@ -50,4 +52,4 @@ class Mode:
 
     def to_input(self, volumes: np.ndarray) -> torch.Tensor:
         """Pool volumes (B, *shape) -> the model's float32 input (B, 1, *shape)."""
-        return torch.from_numpy(np.ascontiguousarray(volumes, dtype=np.float32)).unsqueeze(1)
+        return as_input(volumes)

@@ -8,29 +8,13 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import nn
 
+from cryoal.models.input import model_device, to_model_input
+from cryoal.models.input import to_model_input as as_model_input  # the public name here
 from cryoal.scoring.registry import SCHEMES, BatchScheme, ScoreContext, ScoreScheme, get_scheme
 
 __all__ = ["SCHEMES", "score", "get_scheme", "as_model_input", "model_device"]
-
-
-def model_device(model: nn.Module) -> torch.device:
-    """The device of the model's first parameter or buffer (CPU if it has neither)."""
-    for t in (*model.parameters(), *model.buffers()):
-        return t.device
-    return torch.device("cpu")
-
-
-def as_model_input(model: nn.Module, batch, device: torch.device | None = None) -> Tensor:
-    """A float32 tensor on the model's device, with the channel axis added when `batch` is shaped
-    like the pool's volumes (B, D, H, W) or (B, H, W) rather than the model's input."""
-    x = torch.as_tensor(np.asarray(batch) if not isinstance(batch, Tensor) else batch)
-    x = x.to(device=device or model_device(model), dtype=torch.float32)
-    first_conv = next((m for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd)), None)
-    if first_conv is not None and x.dim() == first_conv.weight.dim() - 1:
-        x = x.unsqueeze(1)
-    return x
 
 
 def score(model: nn.Module, batch, scheme: str, **kw) -> np.ndarray:
@@ -48,10 +32,10 @@ def score(model: nn.Module, batch, scheme: str, **kw) -> np.ndarray:
     distance to the nearest earlier pick (coreset in feature space, starting from the labelled
     features if given; badge in gradient-embedding space). `select` ranks by that pick order.
     """
-    from cryoal.learn.calibration import temperature_of
+    from cryoal.learn.calibration import calibrated_softmax, temperature_of
 
     sch = get_scheme(scheme)
-    x = as_model_input(model, batch)
+    x = to_model_input(model, batch)
     seed = kw.get("seed", 0)
     t = temperature_of(model) if kw.get("calibrated", True) else 1.0
     if isinstance(sch, ScoreScheme):
@@ -66,7 +50,7 @@ def score(model: nn.Module, batch, scheme: str, **kw) -> np.ndarray:
         logits, feats = penultimate(model, x)
     from cryoal.scoring.segmentation import pooled_probs
 
-    probs = pooled_probs(torch.softmax(logits.double() / t, dim=1).cpu().numpy())  # (B, C) per sample
+    probs = pooled_probs(calibrated_softmax(logits, t).cpu().numpy())  # (B, C) per sample
     labelled = kw.get("labelled_features")
     order, gains = sch.choose(probs, feats.double().cpu().numpy(), len(x), labelled, seed)
     return gains_by_index(order, gains, len(x))

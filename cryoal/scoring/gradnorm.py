@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from cryoal.learn.calibration import apply_temperature
 from cryoal.scoring.gram import concat_results, per_sample_gram
 
 NORMS = ("l2", "tensor-sum")
@@ -120,7 +121,7 @@ def gradnorm_scores(
             return dense.dense_seeds(logits, schemes, samples or dense.DEFAULT_SAMPLES, generator)
         b, c = logits.shape
         if entropy_only:  # the direction of d H(softmax(z/T)) / dz; its 1/T is applied to K below
-            logp = torch.log_softmax(logits.double() / t, dim=1)
+            logp = torch.log_softmax(apply_temperature(logits.double(), t), dim=1)
             p = logp.exp()
             h = -(p * logp).sum(1, keepdim=True)
             return (-p * (logp + h)).to(logits.dtype).unsqueeze(1)  # (B, 1, C)
@@ -145,7 +146,7 @@ def gradnorm_scores(
     if res.output.dim() > 2:
         probs = torch.softmax(res.output.double(), dim=1).float().cpu().numpy()
         return GradnormResult(scores=dense.dense_scores(res, schemes, norm), probs=probs)
-    logits = res.output.double() / t  # temperature-scaled logits z / T
+    logits = apply_temperature(res.output.double(), t)  # temperature-scaled logits z / T
     if logits.dim() != 2:
         raise ValueError(f"gradient-norm scoring expects logits (B, C), got {tuple(logits.shape)}")
     logp = torch.log_softmax(logits, dim=1)

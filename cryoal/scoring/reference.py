@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from cryoal.learn.calibration import apply_temperature, calibrated_softmax
 from cryoal.scoring.gram import eval_mode
 
 NORMS = ("l2", "tensor-sum")
@@ -37,14 +38,15 @@ def reference_scores_by_norm(
             xi = x[i : i + 1]
             if "expected" in schemes:
                 with torch.no_grad():
-                    p = torch.softmax(model(xi).double() / temperature, dim=1)[0]
+                    p = calibrated_softmax(model(xi), temperature)[0]
                 for c in range(p.shape[0]):
-                    loss = F.cross_entropy(model(xi) / temperature, torch.tensor([c], device=x.device))
+                    target = torch.tensor([c], device=x.device)
+                    loss = F.cross_entropy(apply_temperature(model(xi), temperature), target)
                     norms = _norms(list(torch.autograd.grad(loss, params, allow_unused=True)))
                     for n in NORMS:
                         out[n]["expected"][i] += float(p[c]) * norms[n]
             if "entropy" in schemes:
-                logp = torch.log_softmax(model(xi) / temperature, dim=1)
+                logp = torch.log_softmax(apply_temperature(model(xi), temperature), dim=1)
                 loss = -(logp.exp() * logp).sum()
                 norms = _norms(list(torch.autograd.grad(loss, params, allow_unused=True)))
                 for n in NORMS:

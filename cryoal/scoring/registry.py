@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from cryoal.errors import CryoalError
+from cryoal.learn.calibration import calibrated_softmax
 from cryoal.scoring import diversity, uncertainty
 from cryoal.scoring.gradnorm import gradnorm_scores
 from cryoal.scoring.segmentation import pixel_mean, pixel_mean_mc
@@ -92,7 +93,7 @@ def predict_probs(model: nn.Module, x: Tensor, temperature: float = 1.0) -> np.n
     from cryoal.scoring.gram import eval_mode
 
     with eval_mode(model):
-        return torch.softmax(model(x).double() / temperature, dim=1).cpu().numpy()
+        return calibrated_softmax(model(x), temperature).cpu().numpy()
 
 
 def _gradnorm(name: str) -> ScoreFn:

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from cryoal.learn.calibration import calibrated_softmax
 from cryoal.scoring.gram import eval_mode
 
 DROPOUT_TYPES = (
@@ -63,5 +64,5 @@ def mc_dropout_probs(model: nn.Module, x: Tensor, passes: int, seed: int | None 
         for m in model.modules():
             if isinstance(m, DROPOUT_TYPES):
                 m.train()
-        out = [torch.softmax(model(x).double() / temperature, dim=1).cpu().numpy() for _ in range(passes)]
+        out = [calibrated_softmax(model(x), temperature).cpu().numpy() for _ in range(passes)]
     return np.stack(out)
