@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cryoal.errors import CryoalError
+from cryoal.scoring.names import BATCH_SCHEMES
 from cryoal.scoring.picks import PICKS
 
 BALANCED_SUFFIX = "-balanced"
@@ -30,8 +31,7 @@ class Variant:
     calibrated: bool = True
 
 
-def parse_variant(name: str, known: tuple[str, ...],
-                  batch: tuple[str, ...] = ("coreset", "badge")) -> Variant:
+def parse_variant(name: str, known: tuple[str, ...], batch: tuple[str, ...] = BATCH_SCHEMES) -> Variant:
     """The Variant a benchmark scheme name stands for; CryoalError naming what is wrong."""
     parts = name.split(":")
     calibrated = True

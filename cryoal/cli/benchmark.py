@@ -8,13 +8,7 @@ import typer
 
 from cryoal.cli.app import command, stderr_console
 from cryoal.errors import CryoalError
-
-ALL_SCHEMES = (
-    "expected", "entropy", "random", "max-entropy", "margin", "least-confidence", "bald", "coreset", "badge",
-)
-
-
-BATCH_SCHEMES = ("coreset", "badge")
+from cryoal.scoring.names import BATCH_SCHEMES, SCHEME_NAMES
 
 
 def parse_schemes(text: str | None, known: tuple[str, ...]) -> list[str]:
@@ -33,14 +27,6 @@ def parse_schemes(text: str | None, known: tuple[str, ...]) -> list[str]:
     if not names:
         raise CryoalError("--schemes: no scheme given")
     return names
-
-
-def _known_schemes() -> tuple[str, ...]:
-    try:  # the scoring registry is the authority once it is importable
-        from cryoal.scoring import SCHEMES
-    except ImportError:
-        return ALL_SCHEMES
-    return tuple(SCHEMES)
 
 
 def _check_options(out: Path, resume: bool, **values) -> None:
@@ -111,7 +97,7 @@ def benchmark(
     from cryoal.benchmark.runner import run_cli
     from cryoal.io.logjson import EventLog
 
-    known = _known_schemes()
+    known = SCHEME_NAMES
     names = parse_schemes(schemes, known)
     _check_options(out, resume, seeds=seeds, cycles=cycles, epochs=epochs, batch_size=batch_size,
                    initial=initial, budget=budget, test_fraction=test_fraction, val_fraction=val_fraction,

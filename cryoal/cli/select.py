@@ -8,11 +8,9 @@ from pathlib import Path
 import typer
 
 from cryoal.cli.app import command, stderr_console
+from cryoal.scoring.names import SCHEME_NAMES
 from cryoal.scoring.picks import DEFAULT_PICK, PICK_HELP
 from cryoal.select import DEFAULT_N
-
-SCHEME_NAMES = ("expected", "entropy", "random", "max-entropy", "margin", "least-confidence", "bald",
-                "coreset", "badge")
 
 
 @command(epilog="Example: cryoal select pool.h5 -m model.pt --scheme expected -n 100 -o to_label.csv")

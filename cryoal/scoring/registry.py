@@ -22,6 +22,7 @@ from cryoal.errors import CryoalError
 from cryoal.learn.calibration import calibrated_softmax
 from cryoal.scoring import diversity, uncertainty
 from cryoal.scoring.gradnorm import gradnorm_scores
+from cryoal.scoring.names import BATCH_SCHEMES, SCHEME_NAMES
 from cryoal.scoring.segmentation import pixel_mean, pixel_mean_mc
 
 
@@ -149,6 +150,11 @@ SCHEMES: dict[str, ScoreScheme | BatchScheme] = {
         BatchScheme("badge", "k-means++ on last-layer gradient embeddings", False, _badge),
     )
 }
+
+
+# The names are also listed torch-free (names.py) for the CLI; the two must not drift apart.
+assert tuple(SCHEMES) == SCHEME_NAMES, (tuple(SCHEMES), SCHEME_NAMES)
+assert all(isinstance(SCHEMES[n], BatchScheme) == (n in BATCH_SCHEMES) for n in SCHEMES)
 
 
 def get_scheme(name: str) -> ScoreScheme | BatchScheme:
