@@ -25,7 +25,6 @@ write again are removed (they are this user's own stale picks).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import os
@@ -36,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from cryoal.errors import CryoalError, InputError
-from cryoal.io.atomic import _fsync_dir, temp_path_for
+from cryoal.io.atomic import discard, replace_all, stage_text
 from cryoal.io.pool import open_pool
 from cryoal.io.tables import read_table
 
@@ -371,31 +370,13 @@ def _write_all(config: Path, config_data: dict, added: list[dict], files: list[P
         if added:
             data = dict(config_data)
             data["pickable_objects"] = list(config_data.get("pickable_objects", [])) + added
-            staged.append((_stage(config, json.dumps(data, indent=4) + "\n"), config))
+            staged.append((stage_text(config, json.dumps(data, indent=4) + "\n"), config))
         for f, text in zip(files, texts, strict=True):
             assert f.path is not None
             f.path.parent.mkdir(parents=True, exist_ok=True)
-            staged.append((_stage(f.path, text), f.path))
+            staged.append((stage_text(f.path, text), f.path))
     except BaseException:
         for tmp, _ in staged:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
+            discard(tmp)
         raise
-    for tmp, dest in staged:
-        os.replace(tmp, dest)
-    for parent in {dest.parent for _, dest in staged}:
-        _fsync_dir(parent)
-
-
-def _stage(dest: Path, text: str) -> Path:
-    tmp = temp_path_for(dest)
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
-    return tmp
+    replace_all(staged)

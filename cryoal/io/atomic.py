@@ -92,21 +92,65 @@ def remove_stale_temps(
     return removed
 
 
+def replace_into_place(tmp: Path, dest: Path, *, sync_file: bool = True) -> None:
+    """The last step of every atomic write: flush `tmp` to disk (unless the caller already has),
+    rename it over `dest`, and flush the directory so that the rename itself survives a crash."""
+    if sync_file:
+        _fsync_path(tmp)
+    os.replace(tmp, dest)
+    _fsync_dir(dest.parent)
+
+
+def discard(tmp: Path) -> None:
+    """Delete a temporary file that will not be renamed (gone already is fine)."""
+    with contextlib.suppress(FileNotFoundError):
+        tmp.unlink()
+
+
+@contextlib.contextmanager
+def temp_beside(dest: Path, *, sync_file: bool = True) -> Iterator[Path]:
+    """The protocol without the checks: yield a temporary path beside `dest`; when the block
+    succeeds it replaces `dest` (`replace_into_place`), on any exception it is deleted."""
+    tmp = temp_path_for(dest)
+    try:
+        yield tmp
+        replace_into_place(tmp, dest, sync_file=sync_file)
+    except BaseException:
+        discard(tmp)
+        raise
+
+
 @contextlib.contextmanager
 def atomic_path(dest: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path; on success it replaces `dest`, on any exception it is deleted."""
     dest = check_output_dir(dest)
     remove_stale_temps(dest)
+    with temp_beside(dest) as tmp:
+        yield tmp
+
+
+def stage_text(dest: Path, text: str) -> Path:
+    """Write `text` (UTF-8) to a temporary file beside `dest`, flushed to disk; returns its path.
+    For writes of several files that must land together: stage them all, then `replace_all`."""
     tmp = temp_path_for(dest)
     try:
-        yield tmp
-        _fsync_path(tmp)
-        os.replace(tmp, dest)
-        _fsync_dir(dest.parent)
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+        discard(tmp)
         raise
+    return tmp
+
+
+def replace_all(staged: list[tuple[Path, Path]]) -> None:
+    """Rename each staged (temporary, target) pair into place, in order, then flush every
+    directory once."""
+    for tmp, dest in staged:
+        os.replace(tmp, dest)
+    for parent in dict.fromkeys(dest.parent for _, dest in staged):
+        _fsync_dir(parent)
 
 
 @contextlib.contextmanager

@@ -19,11 +19,13 @@ import numpy as np
 
 from cryoal.errors import PoolError
 from cryoal.io.atomic import (
-    _fsync_dir,
     check_output_dir,
     copy_for_update,
+    discard,
     exclusive_lock,
     remove_stale_temps,
+    replace_into_place,
+    temp_beside,
     temp_path_for,
 )
 
@@ -273,19 +275,13 @@ def edit_pool(path: str | os.PathLike) -> Iterator[h5py.File]:
     _check_pool_file(path)
     with exclusive_lock(path):
         remove_stale_temps(path, locked=True)  # the lock says no other writer is alive
-        tmp = temp_path_for(path)
-        try:
+        # the pool file is not fsynced before its rename (a pool can be many GB); its directory is
+        with temp_beside(path, sync_file=False) as tmp:
             copy_for_update(path, tmp)
             with _open_h5(tmp, "r+") as h5:
                 _validate_layout(h5, path)
                 yield h5
                 h5.flush()
-            os.replace(tmp, path)
-            _fsync_dir(path.parent)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
-            raise
 
 
 class PoolWriter:
@@ -366,12 +362,10 @@ class PoolWriter:
             try:
                 self._h5.close()  # type: ignore[union-attr]
                 if exc_type is None:
-                    os.replace(self._tmp, self.path)
-                    _fsync_dir(self.path.parent)
+                    replace_into_place(self._tmp, self.path, sync_file=False)
             finally:
                 if exc_type is not None:
-                    with contextlib.suppress(FileNotFoundError):
-                        self._tmp.unlink()
+                    discard(self._tmp)
                 self._lock.__exit__(None, None, None)
         if empty_error is not None:
             raise empty_error
