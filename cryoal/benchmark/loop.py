@@ -258,28 +258,6 @@ def _state_path(out_dir: Path, name: str) -> Path:
     return d / name
 
 
-def _save_state(path: Path, model, extra: dict) -> None:
-    import torch
-
-    from cryoal.io.atomic import atomic_path
-    from cryoal.learn.calibration import temperature_of
-
-    with atomic_path(path) as tmp:
-        torch.save({"state_dict": model.state_dict(), "temperature": temperature_of(model), **extra}, tmp)
-
-
-def _load_state(path: Path, model) -> dict:
-    """Load saved weights (and the fitted temperature: a resumed run scores as the first did)."""
-    import torch
-
-    from cryoal.learn.calibration import set_temperature
-
-    blob = torch.load(path, map_location="cpu", weights_only=True)
-    model.load_state_dict(blob["state_dict"])
-    set_temperature(model, float(blob.get("temperature", 1.0)))
-    return blob
-
-
 Progress = Callable[[str], None]
 
 
@@ -329,11 +307,13 @@ def _run_seeds(data, config, steps, state, out, ids, timings, log, advance) -> N
 
 def _cycle0(data, config, steps, out, seed, split, timings, log) -> dict:
     """Train and evaluate the seed's cycle-0 model once; cached on disk for --resume."""
+    from cryoal.learn.checkpoint import load_weights, save_weights
+
     path = _state_path(out, f"cycle0-seed{seed}.pt")
     model = None
     if path.exists():
         model = steps.train(data, split.initial, config, seed, 0, None, build_only=True)
-        blob = _load_state(path, model)
+        blob = load_weights(path, model)
         if blob.get("initial_ids") == [str(i) for i in data.particle_ids[split.initial]]:
             log(f"seed {seed}: cycle-0 model reused from {path}")
             return {"model": model, "scores": (float(blob["accuracy"]), float(blob["macro_f1"]))}
@@ -345,7 +325,7 @@ def _cycle0(data, config, steps, out, seed, split, timings, log) -> dict:
     t0 = time.perf_counter()
     scores = steps.evaluate(model, data, split.test, config)
     timings.evaluate += time.perf_counter() - t0
-    _save_state(path, model, {
+    save_weights(path, model, {
         "accuracy": scores[0], "macro_f1": scores[1],
         "initial_ids": [str(i) for i in data.particle_ids[split.initial]],
     })
@@ -353,6 +333,8 @@ def _cycle0(data, config, steps, out, seed, split, timings, log) -> dict:
 
 
 def _run_scheme(data, config, steps, state, scheme, seed, split, cycle0, ids, timings, log, advance) -> None:
+    from cryoal.learn.checkpoint import load_weights, save_weights
+
     start = state.done_cycles(scheme, seed)
     if 0 < start < config.cycles and not state.has_picks(scheme, seed, start - 1):
         # the last finished cycle was the final one of a shorter run and selected nothing: redo it
@@ -363,7 +345,7 @@ def _run_scheme(data, config, steps, state, scheme, seed, split, cycle0, ids, ti
         model = _copy_model(cycle0()[0])
     elif config.warm_start and start > 1:  # fine-tune from the model the interrupted run saved
         model = steps.train(data, labelled, config, seed, start - 1, None, build_only=True)
-        _load_state(_warm_path(state.out_dir, scheme, seed, start - 1), model)
+        load_weights(_warm_path(state.out_dir, scheme, seed, start - 1), model)
     for cycle in range(start, config.cycles):
         if labelled.size != config.labels_at(cycle):  # an invariant of the loop, not user input
             raise RuntimeError(f"{scheme} seed {seed} cycle {cycle}: {labelled.size} labels")
@@ -393,7 +375,7 @@ def _run_scheme(data, config, steps, state, scheme, seed, split, cycle0, ids, ti
             picks = [Selection(scheme, seed, cycle, r + 1, str(ids[i])) for r, i in enumerate(chosen)]
             labelled = np.concatenate([labelled, chosen])
         if config.warm_start and cycle < config.cycles - 1:
-            _save_state(_warm_path(state.out_dir, scheme, seed, cycle), model, {})
+            save_weights(_warm_path(state.out_dir, scheme, seed, cycle), model, {})
             _warm_path(state.out_dir, scheme, seed, cycle - 1).unlink(missing_ok=True)
         row = CurveRow(scheme, seed, cycle, config.labels_at(cycle), float(acc), float(f1))
         state.record(row, picks)

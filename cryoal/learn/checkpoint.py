@@ -80,6 +80,27 @@ def save_checkpoint(path: str | os.PathLike, model: nn.Module, meta: dict) -> No
         torch.save(record, tmp)
 
 
+def save_weights(path: str | os.PathLike, model: nn.Module, extra: dict | None = None) -> None:
+    """Write a bare weight state atomically: the state dict, the fitted temperature and `extra`
+    (plain values). The benchmark keeps these between cycles; a user's model is `save_checkpoint`."""
+    from cryoal.learn.calibration import temperature_of
+
+    with atomic_path(path) as tmp:
+        torch.save({"state_dict": model.state_dict(), "temperature": temperature_of(model), **(extra or {})},
+                   tmp)
+
+
+def load_weights(path: str | os.PathLike, model: nn.Module) -> dict:
+    """Load a `save_weights` state into `model` (its temperature too: a resumed run scores as the
+    first did); returns the whole saved dict."""
+    from cryoal.learn.calibration import set_temperature
+
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    model.load_state_dict(blob["state_dict"])
+    set_temperature(model, float(blob.get("temperature", 1.0)))
+    return blob
+
+
 def read_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> dict:
     """Load and validate the raw checkpoint dict; CryoalError on a missing, corrupt or foreign file."""
     p = Path(path)
@@ -177,5 +198,6 @@ def check_model_matches_pool(meta: dict, pool) -> None:
 
 
 __all__ = [
-    "FORMAT_VERSION", "check_model_matches_pool", "load_model", "plain", "read_checkpoint", "save_checkpoint",
+    "FORMAT_VERSION", "check_model_matches_pool", "load_model", "load_weights", "plain", "read_checkpoint",
+    "save_checkpoint", "save_weights",
 ]
