@@ -59,7 +59,7 @@ def predict_pool(
     from cryoal.io.atomic import atomic_open, check_output_dir
     from cryoal.io.pool import open_pool
     from cryoal.io.prefetch import BatchReader
-    from cryoal.learn.checkpoint import check_model_matches_pool, load_model
+    from cryoal.learn.checkpoint import model_and_pool
     from cryoal.learn.device import resolve_device, use_all_cpu_cores
     from cryoal.learn.inference import predict_proba
     from cryoal.select import output_paths
@@ -80,13 +80,11 @@ def predict_pool(
     dev = resolve_device(device)
     if dev.type == "cpu":
         use_all_cpu_cores()
-    model, meta = load_model(model_path, device=dev)
-    temperature = float(meta.get("temperature", 1.0)) if calibrated else 1.0
-    names = [str(c) for c in meta["class_names"]]
-    counts = np.zeros(len(names), dtype=np.int64)
-    conf_sum = 0.0
-    with open_pool(pool_path) as pool:
-        check_model_matches_pool(meta, pool)
+    with model_and_pool(model_path, pool_path, dev) as (model, meta, pool):
+        temperature = float(meta.get("temperature", 1.0)) if calibrated else 1.0
+        names = [str(c) for c in meta["class_names"]]
+        counts = np.zeros(len(names), dtype=np.int64)
+        conf_sum = 0.0
         ids = pool.particle_ids
         total = len(pool)
         done = 0
@@ -147,9 +145,8 @@ def predict_masks(
 
     from cryoal.io.atomic import atomic_open, atomic_path, check_output_dir
     from cryoal.io.images import mask_format, save_mask_stack
-    from cryoal.io.pool import open_pool
     from cryoal.io.prefetch import BatchReader
-    from cryoal.learn.checkpoint import check_model_matches_pool, load_model
+    from cryoal.learn.checkpoint import model_and_pool
     from cryoal.learn.device import resolve_device
     from cryoal.models.input import to_model_input
 
@@ -160,10 +157,8 @@ def predict_masks(
     check_output_dir(out_csv)
     check_output_dir(masks_path)
     dev = resolve_device(device)
-    model, meta = load_model(model_path, device=dev)
-    names = [str(c) for c in meta["class_names"]]
-    with open_pool(pool_path) as pool:
-        check_model_matches_pool(meta, pool)
+    with model_and_pool(model_path, pool_path, dev) as (model, meta, pool):
+        names = [str(c) for c in meta["class_names"]]
         ids = pool.particle_ids
         total = len(pool)
         conf_sum = 0.0

@@ -315,9 +315,8 @@ def select_pool(
 
     from cryoal.export import write_selection_star
     from cryoal.io.atomic import check_output_dir
-    from cryoal.io.pool import open_pool
     from cryoal.io.tables import write_csv
-    from cryoal.learn.checkpoint import check_model_matches_pool, load_model
+    from cryoal.learn.checkpoint import model_and_pool
     from cryoal.learn.device import resolve_device, use_all_cpu_cores
     from cryoal.learn.distributed import DistContext, rank_device, run_on_all_ranks
     from cryoal.scoring import get_scheme
@@ -340,9 +339,7 @@ def select_pool(
         log.emit("start", scheme=scheme, pick=pick, beta=beta, balance=pick == "balanced", n=n,
                  pool=str(pool_path), model=str(model_path),
                  world_size=dist.world_size, device=str(dev), outputs=paths)
-    model, meta = load_model(model_path, device=dev)
-    with open_pool(pool_path) as pool:
-        check_model_matches_pool(meta, pool)
+    with model_and_pool(model_path, pool_path, dev) as (model, meta, pool):
         ranked = select_from_pool(
             pool, model, scheme=scheme, n=n, batch_size=batch_size, seed=seed,
             pool_subset=pool_subset, norm=norm, mc_passes=mc_passes, progress=progress, dist=dist,

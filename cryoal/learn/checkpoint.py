@@ -9,18 +9,22 @@ and tensors are stored, so `torch.load(path, weights_only=True)` reads it withou
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
 from cryoal.errors import CryoalError
 from cryoal.io.atomic import atomic_path
+
+if TYPE_CHECKING:
+    from cryoal.io.pool import Pool
 
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)  # version 1: no temperature
@@ -197,7 +201,21 @@ def check_model_matches_pool(meta: dict, pool) -> None:
         )
 
 
+@contextlib.contextmanager
+def model_and_pool(model_path: str | os.PathLike, pool_path: str | os.PathLike,
+                   device: str | torch.device = "cpu") -> Iterator[tuple[nn.Module, dict, Pool]]:
+    """The prologue of select and predict: load the model onto `device`, open the pool and check
+    that they fit each other (CryoalError otherwise); yields (model, metadata, pool), and the pool
+    is closed after the block."""
+    from cryoal.io.pool import open_pool
+
+    model, meta = load_model(model_path, device=device)
+    with open_pool(pool_path) as pool:
+        check_model_matches_pool(meta, pool)
+        yield model, meta, pool
+
+
 __all__ = [
-    "FORMAT_VERSION", "check_model_matches_pool", "load_model", "load_weights", "plain", "read_checkpoint",
-    "save_checkpoint", "save_weights",
+    "FORMAT_VERSION", "check_model_matches_pool", "load_model", "load_weights", "model_and_pool", "plain",
+    "read_checkpoint", "save_checkpoint", "save_weights",
 ]
