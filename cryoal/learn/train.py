@@ -10,6 +10,7 @@ import math
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from torch import nn
 from cryoal.errors import CryoalError
 from cryoal.learn.device import resolve_device, seed_everything, use_all_cpu_cores
 from cryoal.learn.metrics import confusion_matrix, labelled_accuracy, mean_iou, per_class_accuracy
-from cryoal.modes import get_mode
+from cryoal.modes import Mode, get_mode
 
 Progress = Callable[[dict[str, Any]], None]
 
@@ -174,21 +175,68 @@ def fit(
     the global batch, see `cryoal.learn.ddp`), and every rank returns the same model and metrics.
     """
     m = get_mode(mode)
-    arch = arch or m.default_arch
+    x_train, y_train, x_val, y_val = _checked_arrays(x_train, y_train, x_val, y_val, epochs, batch_size)
+    run = _start_run(m, arch or m.default_arch, x_train.shape[1:], n_classes, init_model=init_model,
+                     arch_kwargs=arch_kwargs, device=device, dist=dist, seed=seed, lr=lr,
+                     weight_decay=weight_decay, epochs=epochs, batch_size=batch_size, augment=augment,
+                     progress=progress)
+    t_start = time.perf_counter()
+    history, best, stopped_early = _train_epochs(run, x_train, y_train, x_val, y_val, epochs, patience,
+                                                 n_classes)
+    model = _keep_best(run, best, has_val=y_val is not None)
+    metrics = _final_metrics(run, model, (x_train, y_train), (x_val, y_val), n_classes, class_names,
+                             history, best, stopped_early, t_start)
+    metrics["settings"] = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
+                           "patience": patience, "seed": seed, "augment": augment}
+    return model, metrics
+
+
+@dataclass
+class _Run:
+    """What one training run carries from step to step."""
+
+    mode: Mode
+    arch: str
+    dev: torch.device
+    dist: Any  # DistContext
+    model: nn.Module
+    net: nn.Module  # the model, or its DDP wrapper under torchrun
+    optimiser: torch.optim.Optimizer
+    scheduler: Any
+    scaler: torch.amp.GradScaler
+    amp_dtype: torch.dtype | None
+    gen: torch.Generator  # shuffling and augmentation: CPU, reproducible
+    threads: int | None
+    batch_size: int
+    augment: bool
+    progress: Progress | None
+
+
+def _checked_arrays(x_train, y_train, x_val, y_val, epochs: int, batch_size: int) -> tuple[
+        np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """The arrays as float32 inputs and int64 targets (no validation set: None, None); CryoalError
+    on an empty training set or settings that cannot train."""
     x_train = np.asarray(x_train, dtype=np.float32)
     y_train = np.asarray(y_train, dtype=np.int64)
-    has_val = x_val is not None and y_val is not None and len(y_val) > 0
-    if has_val:
+    if x_val is not None and y_val is not None and len(y_val) > 0:
         x_val = np.asarray(x_val, dtype=np.float32)
         y_val = np.asarray(y_val, dtype=np.int64)
+    else:
+        x_val = y_val = None
     if len(y_train) == 0:
         raise CryoalError("no training particles")
     if epochs < 1:
         raise CryoalError(f"--epochs {epochs}: must be at least 1")
     if batch_size < 2:  # a lone sample makes BatchNorm's batch statistics degenerate
         raise CryoalError(f"--batch-size {batch_size}: must be at least 2 (BatchNorm needs 2 per batch)")
+    return x_train, y_train, x_val, y_val
 
-    from cryoal.learn.distributed import DistContext, all_reduce_sum, rank_device, rank_slice
+
+def _start_run(m: Mode, arch: str, shape: tuple[int, ...], n_classes: int, *, init_model, arch_kwargs,
+               device, dist, seed: int, lr: float, weight_decay: float, epochs: int, batch_size: int,
+               augment: bool, progress: Progress | None) -> _Run:
+    """Device, threads, seeds, the model (new, or `init_model` to fine-tune), optimiser and schedule."""
+    from cryoal.learn.distributed import DistContext, rank_device
 
     dist = dist or DistContext()
     dev = resolve_device(device) if not isinstance(device, torch.device) else device
@@ -196,121 +244,162 @@ def fit(
     threads = use_all_cpu_cores() if dev.type == "cpu" else None
     amp_dtype, use_scaler = _amp_settings(dev)
     seed_everything(seed)
-    gen = torch.Generator().manual_seed(seed)  # shuffling and augmentation: CPU, reproducible
+    gen = torch.Generator().manual_seed(seed)
     if init_model is not None:
         model = init_model
         arch = getattr(model, "arch", arch)
     else:
-        model = m.build_model(arch, x_train.shape[1:], n_classes, **(arch_kwargs or {}))
+        model = m.build_model(arch, shape, n_classes, **(arch_kwargs or {}))
     model.to(dev)
     net = model
     if dist.distributed:  # swaps BatchNorm for its global-batch form: build the optimiser after
-        from cryoal.learn.ddp import loss_for_global_mean, unwrap_trained, wrap_for_training
+        from cryoal.learn.ddp import wrap_for_training
 
         net = wrap_for_training(model, dist, dev)
     optimiser = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=epochs, eta_min=lr * 0.01)
     scaler = torch.amp.GradScaler("cuda", enabled=use_scaler and dev.type == "cuda")  # fp16 on CUDA only
+    return _Run(m, arch, dev, dist, model, net, optimiser, scheduler, scaler, amp_dtype, gen, threads,
+                batch_size, augment, progress)
 
+
+def _train_epochs(run: _Run, x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray | None,
+                  y_val: np.ndarray | None, epochs: int, patience: int, n_classes: int) -> tuple[
+                      list[dict[str, Any]], dict[str, Any], bool]:
+    """The epochs: train, re-estimate BatchNorm, validate and keep the best weights, until `epochs`
+    or `patience` epochs without improvement. Returns (history, best, stopped early)."""
     n = len(y_train)
-    n_batches = math.ceil(n / batch_size)
-    dense = y_train.ndim > 1  # per-pixel targets (segmentation masks)
+    has_val = y_val is not None
     # BN statistics from a fixed random subset: exact enough, and bounded cost for big label sets
-    recal_idx = np.sort(torch.randperm(n, generator=gen)[:BN_RECALIBRATION_SAMPLES].numpy())
+    recal_idx = np.sort(torch.randperm(n, generator=run.gen)[:BN_RECALIBRATION_SAMPLES].numpy())
     history: list[dict[str, Any]] = []
-    best = {"acc": -1.0, "loss": math.inf, "epoch": 0, "state": None}
+    best: dict[str, Any] = {"acc": -1.0, "loss": math.inf, "epoch": 0, "state": None}
     since_best = 0
-    stopped_early = False
-    t_start = time.perf_counter()
     for epoch in range(1, epochs + 1):
         t0 = time.perf_counter()
-        net.train()
-        perm = torch.randperm(n, generator=gen).numpy()
-        total_loss, total_correct, seen, total_targets = 0.0, 0, 0, 0
-        for b in range(n_batches):
-            idx = perm[b * batch_size : (b + 1) * batch_size]
-            if len(idx) == 1 and n > 1:  # a lone sample makes BatchNorm statistics degenerate
-                continue
-            xb = m.to_input(x_train[idx])
-            yb = torch.as_tensor(y_train[idx])
-            if augment:
-                xb, yb = m.augment_batch(xb, yb, gen)
-            xb = xb.to(dev, non_blocking=True)
-            yb = yb.to(dev)
-            if dist.distributed:  # this rank's share of the global batch, augmented as one process would
-                part = rank_slice(len(idx), dist)
-                xb, yb = xb[part], yb[part]
-            with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                logits = net(xb)
-            per_sample = m.per_sample_loss(logits.float(), yb)
-            if dist.distributed:
-                loss = loss_for_global_mean(per_sample, len(idx), dist)
-            else:
-                loss = per_sample.mean()
-            optimiser.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(optimiser)
-            scaler.update()
-            if dist.distributed:
-                total_loss += float(per_sample.detach().sum())
-                seen += len(yb)
-            else:
-                total_loss += float(loss.detach()) * len(idx)
-                seen += len(idx)
-            total_correct += int(((logits.argmax(1) == yb) & (yb >= 0)).sum())
-            total_targets += int((yb >= 0).sum())  # samples, or labelled pixels of masks
-            if progress:
-                progress({"event": "batch", "epoch": epoch, "batch": b + 1, "n_batches": n_batches})
-        scheduler.step()
-        if dist.distributed:  # epoch totals over every rank's share
-            sums = all_reduce_sum([total_loss, total_correct, seen, total_targets], dist)
-            total_loss, (total_correct, seen, total_targets) = sums[0], (int(v) for v in sums[1:])
-        record: dict[str, Any] = {
-            "epoch": epoch, "train_loss": total_loss / seen,
-            "train_accuracy": total_correct / max(total_targets, 1),
-            "lr": optimiser.param_groups[0]["lr"],
-        }
+        record = _train_one_epoch(run, x_train, y_train, epoch)
         if has_val or epoch == epochs:
-            recalibrate_batchnorm(model, x_train[recal_idx], m, dev, batch_size, amp_dtype, dist)
+            recalibrate_batchnorm(run.model, x_train[recal_idx], run.mode, run.dev, run.batch_size,
+                                  run.amp_dtype, run.dist)
         if has_val:
-            val_loss, val_pred = _evaluate(model, x_val, y_val, m, dev, max(batch_size, 32), amp_dtype)
-            val_acc = labelled_accuracy(y_val, val_pred)
-            record.update(val_loss=val_loss, val_accuracy=val_acc)
-            if dense:  # masks: keep the best mean IoU (pixel accuracy favours all-background)
-                val_acc = record["val_mean_iou"] = mean_iou(confusion_matrix(y_val, val_pred, n_classes))
-            improved = val_acc > best["acc"] or (val_acc == best["acc"] and val_loss < best["loss"])
-            if improved:
-                state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-                best.update(acc=val_acc, loss=val_loss, epoch=epoch, state=state)
-                since_best = 0
-            else:
-                since_best += 1
+            since_best = 0 if _validate(run, x_val, y_val, n_classes, epoch, record, best) else since_best + 1
         record["seconds"] = time.perf_counter() - t0
         record["best_epoch"] = best["epoch"] if has_val else epoch
         history.append(record)
-        if progress:
-            progress({"event": "epoch", "epochs": epochs, **record})
+        if run.progress:
+            run.progress({"event": "epoch", "epochs": epochs, **record})
         if has_val and since_best >= patience:
-            stopped_early = True
-            break
+            return history, best, True
+    return history, best, False
 
+
+def _train_one_epoch(run: _Run, x_train: np.ndarray, y_train: np.ndarray, epoch: int) -> dict[str, Any]:
+    """One pass over the shuffled training set; the epoch's record (loss, accuracy, learning rate)."""
+    from cryoal.learn.distributed import all_reduce_sum, rank_slice
+
+    dist, m, dev = run.dist, run.mode, run.dev
     if dist.distributed:
-        model = unwrap_trained(net)
+        from cryoal.learn.ddp import loss_for_global_mean
+    n, batch_size = len(y_train), run.batch_size
+    n_batches = math.ceil(n / batch_size)
+    run.net.train()
+    perm = torch.randperm(n, generator=run.gen).numpy()
+    total_loss, total_correct, seen, total_targets = 0.0, 0, 0, 0
+    for b in range(n_batches):
+        idx = perm[b * batch_size : (b + 1) * batch_size]
+        if len(idx) == 1 and n > 1:  # a lone sample makes BatchNorm statistics degenerate
+            continue
+        xb = m.to_input(x_train[idx])
+        yb = torch.as_tensor(y_train[idx])
+        if run.augment:
+            xb, yb = m.augment_batch(xb, yb, run.gen)
+        xb = xb.to(dev, non_blocking=True)
+        yb = yb.to(dev)
+        if dist.distributed:  # this rank's share of the global batch, augmented as one process would
+            part = rank_slice(len(idx), dist)
+            xb, yb = xb[part], yb[part]
+        with torch.autocast(dev.type, dtype=run.amp_dtype, enabled=run.amp_dtype is not None):
+            logits = run.net(xb)
+        per_sample = m.per_sample_loss(logits.float(), yb)
+        if dist.distributed:
+            loss = loss_for_global_mean(per_sample, len(idx), dist)
+        else:
+            loss = per_sample.mean()
+        run.optimiser.zero_grad(set_to_none=True)
+        run.scaler.scale(loss).backward()
+        run.scaler.step(run.optimiser)
+        run.scaler.update()
+        if dist.distributed:
+            total_loss += float(per_sample.detach().sum())
+            seen += len(yb)
+        else:
+            total_loss += float(loss.detach()) * len(idx)
+            seen += len(idx)
+        total_correct += int(((logits.argmax(1) == yb) & (yb >= 0)).sum())
+        total_targets += int((yb >= 0).sum())  # samples, or labelled pixels of masks
+        if run.progress:
+            run.progress({"event": "batch", "epoch": epoch, "batch": b + 1, "n_batches": n_batches})
+    run.scheduler.step()
+    if dist.distributed:  # epoch totals over every rank's share
+        sums = all_reduce_sum([total_loss, total_correct, seen, total_targets], dist)
+        total_loss, (total_correct, seen, total_targets) = sums[0], (int(v) for v in sums[1:])
+    return {
+        "epoch": epoch, "train_loss": total_loss / seen,
+        "train_accuracy": total_correct / max(total_targets, 1),
+        "lr": run.optimiser.param_groups[0]["lr"],
+    }
+
+
+def _validate(run: _Run, x_val: np.ndarray, y_val: np.ndarray, n_classes: int, epoch: int,
+              record: dict[str, Any], best: dict[str, Any]) -> bool:
+    """Score the epoch's weights on the validation set (into `record`); keep them in `best` when they
+    beat it (higher accuracy, or mean IoU for masks; ties: lower loss). True if they did."""
+    val_loss, val_pred = _evaluate(run.model, x_val, y_val, run.mode, run.dev, max(run.batch_size, 32),
+                                   run.amp_dtype)
+    val_acc = labelled_accuracy(y_val, val_pred)
+    record.update(val_loss=val_loss, val_accuracy=val_acc)
+    if y_val.ndim > 1:  # masks: keep the best mean IoU (pixel accuracy favours all-background)
+        val_acc = record["val_mean_iou"] = mean_iou(confusion_matrix(y_val, val_pred, n_classes))
+    improved = val_acc > best["acc"] or (val_acc == best["acc"] and val_loss < best["loss"])
+    if improved:
+        state = {k: v.detach().clone() for k, v in run.model.state_dict().items()}
+        best.update(acc=val_acc, loss=val_loss, epoch=epoch, state=state)
+    return improved
+
+
+def _keep_best(run: _Run, best: dict[str, Any], has_val: bool) -> nn.Module:
+    """The trained model in eval mode, with the best validation weights when there was a split."""
+    model = run.model
+    if run.dist.distributed:
+        from cryoal.learn.ddp import unwrap_trained
+
+        model = unwrap_trained(run.net)
     if has_val and best["state"] is not None:
         model.load_state_dict(best["state"])
     model.eval()
-    # final metrics: on the validation set with the kept weights, or on the training set without one
+    return model
+
+
+def _final_metrics(run: _Run, model: nn.Module, train: tuple[np.ndarray, np.ndarray],
+                   val: tuple[np.ndarray | None, np.ndarray | None], n_classes: int,
+                   class_names: list[str] | None, history: list[dict[str, Any]], best: dict[str, Any],
+                   stopped_early: bool, t_start: float) -> dict[str, Any]:
+    """Metrics of the kept weights: on the validation set, or on the training set without one; the
+    temperature is fitted here (classifiers with a validation split only)."""
+    (x_train, y_train), (x_val, y_val) = train, val
+    has_val = y_val is not None
+    dense = y_train.ndim > 1  # per-pixel targets (segmentation masks)
     x_eval, y_eval = (x_val, y_val) if has_val else (x_train, y_train)
     eval_logits: list[np.ndarray] = []
-    eval_loss, eval_pred = _evaluate(model, x_eval, y_eval, m, dev, max(batch_size, 32), amp_dtype,
-                                     eval_logits)
+    eval_loss, eval_pred = _evaluate(model, x_eval, y_eval, run.mode, run.dev, max(run.batch_size, 32),
+                                     run.amp_dtype, eval_logits)
     skip = "per-pixel outputs are not calibrated" if dense else None if has_val else "no validation split"
     calibration = _calibrate(model, eval_logits, y_eval, skip)
     cm = confusion_matrix(y_eval, eval_pred, n_classes)
     names = list(class_names) if class_names else [str(i) for i in range(n_classes)]
     eval_acc = labelled_accuracy(y_eval, eval_pred)
-    metrics: dict[str, Any] = {
-        "arch": arch,
+    return {
+        "arch": run.arch,
         "evaluated_on": "validation" if has_val else "training",
         "accuracy": eval_acc,
         "loss": eval_loss,
@@ -321,24 +410,21 @@ def fit(
         "class_names": names,
         "per_class_accuracy": dict(zip(names, per_class_accuracy(cm), strict=True)),
         "confusion_matrix": cm.tolist(),
-        "n_train": int(n),
+        "n_train": int(len(y_train)),
         "n_val": int(len(y_val)) if has_val else 0,
         # per class: samples, or labelled pixels for masks
         "n_train_per_class": _class_counts(y_train, n_classes),
         "n_val_per_class": _class_counts(y_val, n_classes) if has_val else [0] * n_classes,
         "seconds": time.perf_counter() - t_start,
         "seconds_per_epoch": float(np.mean([h["seconds"] for h in history])),
-        "device": str(dev),
-        "amp": str(amp_dtype).replace("torch.", "") if amp_dtype is not None else None,
-        "cpu_threads": threads,
-        "world_size": dist.world_size,
+        "device": str(run.dev),
+        "amp": str(run.amp_dtype).replace("torch.", "") if run.amp_dtype is not None else None,
+        "cpu_threads": run.threads,
+        "world_size": run.dist.world_size,
         "history": history,
         "mean_iou": mean_iou(cm) if dense else None,
         "calibration": calibration,
-        "settings": {"epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
-                     "patience": patience, "seed": seed, "augment": augment},
     }
-    return model, metrics
 
 
 def _calibrate(model: nn.Module, logits: list[np.ndarray], y: np.ndarray, skip: str | None) -> dict[str, Any]:
