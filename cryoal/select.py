@@ -101,16 +101,28 @@ def select_from_pool(
     the scheme's options and the candidates, so variants that differ only by their pick score a
     shared model once.
     """
-    from cryoal.io.prefetch import batch_plan
-    from cryoal.learn.distributed import DistContext, gather_concat, run_on_all_ranks, shard_range
+    from cryoal.learn.calibration import temperature_of
+    from cryoal.learn.distributed import DistContext
+    from cryoal.scoring.registry import ScoreScheme
 
-    dist = dist or DistContext()
-    from cryoal.learn.calibration import calibrated_softmax, temperature_of
-    from cryoal.scoring import SCHEMES, as_model_input, get_scheme
+    sch, pick = _checked_options(model, scheme, n, batch_size, norm, mc_passes, samples, pool_subset,
+                                 pick, balance, beta)
+    cand, n_out, n_unlabelled = _candidates(pool, n, pool_subset, seed)
+    job = _Job(pool, model, dist or DistContext(), batch_size, progress, seed,
+               temperature_of(model) if calibrated else 1.0, total=cand.size)
+    if isinstance(sch, ScoreScheme):
+        return _rank_by_scores(job, sch, cand, n_out, n_unlabelled, pick, beta,
+                               (scheme, norm, mc_passes, samples), score_cache)
+    return _rank_by_batch_scheme(job, sch, cand, n_out, n_unlabelled)
+
+
+def _checked_options(model, scheme: str, n: int | None, batch_size: int, norm: str, mc_passes: int,
+                     samples: int, pool_subset: int | None, pick: str | None, balance: bool, beta: float):
+    """(the scheme, the pick it uses); CryoalError naming the first option that cannot work."""
+    from cryoal.scoring import get_scheme
     from cryoal.scoring.gradnorm import NORMS
     from cryoal.scoring.picks import resolve_pick
-    from cryoal.scoring.registry import ScoreContext, ScoreScheme
-    from cryoal.scoring.segmentation import pooled_probs, prediction_summary
+    from cryoal.scoring.registry import ScoreScheme
     from cryoal.scoring.uncertainty import has_dropout
 
     sch = get_scheme(scheme)
@@ -128,11 +140,15 @@ def select_from_pool(
         raise CryoalError(f"--pool-subset {pool_subset}: must be at least 1")
     if scheme == "bald" and not has_dropout(model):
         raise CryoalError("--scheme bald needs a model with a dropout layer (MC dropout); this one has none")
-    assert scheme in SCHEMES
     pick = resolve_pick(scheme, not isinstance(sch, ScoreScheme), pick, balance, beta,
                         nonnegative=getattr(sch, "nonnegative", True))
-    temperature = temperature_of(model) if calibrated else 1.0
+    return sch, pick
 
+
+def _candidates(pool, n: int | None, pool_subset: int | None,
+                seed: int | None) -> tuple[np.ndarray, int, int]:
+    """(candidate rows, how many to rank, unlabelled count); CryoalError when there is nothing to
+    select or `n` asks for more than there are."""
     labels = pool.labels
     n_unlabelled = int((labels < 0).sum())
     if n_unlabelled == 0:
@@ -144,111 +160,148 @@ def select_from_pool(
         what = f"the {cand.size} particles of --pool-subset" if cand.size < n_unlabelled else \
             f"the {n_unlabelled} unlabelled particles of the pool"
         raise CryoalError(f"-n {n} is larger than {what}; ask for at most {cand.size} (or -n 0 for all)")
-    n_out = n or cand.size
-    ids = pool.particle_ids
-    total = cand.size
+    return cand, n or cand.size, n_unlabelled
 
-    def batches(indices: np.ndarray, done0: int = 0, total_: int | None = None):
+
+@dataclass
+class _Job:
+    """One selection run: the open pool, the model, the ranks and how to read and report."""
+
+    pool: Any
+    model: Any
+    dist: Any  # DistContext
+    batch_size: int
+    progress: Progress | None
+    seed: int | None
+    temperature: float
+    total: int  # candidates: the progress bar's length
+
+    def batches(self, indices: np.ndarray, done0: int = 0, total: int | None = None):
         """This rank's share of the batches of `indices` (all of them in one process)."""
-        from cryoal.io.prefetch import BatchReader
+        from cryoal.io.prefetch import BatchReader, batch_plan
+        from cryoal.learn.distributed import shard_range
+        from cryoal.models.input import to_model_input
 
-        plan = batch_plan(indices, batch_size)
-        first, stop = shard_range(len(plan), dist)
+        plan = batch_plan(indices, self.batch_size)
+        first, stop = shard_range(len(plan), self.dist)
         mine = plan[first:stop]
         share = max(sum(len(b) for b in mine), 1)
         done = 0
-        for idx, vol in BatchReader(pool, batches=mine):
-            yield idx, as_model_input(model, vol)
+        for idx, vol in BatchReader(self.pool, batches=mine):
+            yield idx, to_model_input(self.model, vol)
             done += len(idx)
-            if progress:  # this rank's fraction of its share, as particles of the whole phase
-                progress(done0 + done * len(indices) // share, total_ or total)
+            if self.progress:  # this rank's fraction of its share, as particles of the whole phase
+                self.progress(done0 + done * len(indices) // share, total or self.total)
 
-    if isinstance(sch, ScoreScheme):
-        ctx = ScoreContext.make(norm=norm, mc_passes=mc_passes, seed=seed, samples=samples,
-                                temperature=temperature)
 
-        def score_shard() -> dict[str, np.ndarray]:
-            plan = batch_plan(cand, batch_size)
-            first, stop = shard_range(len(plan), dist)
-            start = sum(len(b) for b in plan[:first])
-            size = sum(len(b) for b in plan[first:stop])
-            if start:  # `random` draws from one stream: skip what the ranks before this one draw
-                ctx.rng.random(start)
-            scores = np.empty(size)
-            probs_top = np.empty(size, dtype=np.int64)
-            conf = np.empty(size)
-            pos = 0
-            for idx, x in batches(cand):
-                if ctx.generator is not None and seed is not None:  # sampled label maps: the same
-                    ctx.generator.manual_seed(int(np.random.SeedSequence([seed, 3, int(idx[0])])
-                                                  .generate_state(1)[0]))  # draws however sharded
-                s, p = sch.score(model, x, ctx)
-                k = len(idx)
-                scores[pos : pos + k] = s
-                # per-pixel outputs: the class of largest pixel-mean probability, mean top probability
-                probs_top[pos : pos + k], conf[pos : pos + k] = prediction_summary(p)
-                pos += k
-            return {"scores": scores, "top": probs_top, "conf": conf}
+def _rank_by_scores(job: _Job, sch, cand: np.ndarray, n_out: int, n_unlabelled: int, pick: str | None,
+                    beta: float, options: tuple, score_cache: dict | None) -> Ranked | None:
+    """Score-based schemes: score every candidate (or reuse the cache), then draw `n_out` by `pick`."""
+    scheme, norm, mc_passes, samples = options
+    ids = job.pool.particle_ids
+    key = None
+    if score_cache is not None and not job.dist.distributed:
+        key = (scheme, norm, mc_passes, samples, job.seed, job.temperature, model_fingerprint(job.model),
+               "\n".join(str(i) for i in ids[cand]))
+    if key is not None and key in score_cache:
+        parts = score_cache[key]
+    else:
+        parts = _score_candidates(job, sch, cand, norm, mc_passes, samples)
+        if key is not None and parts is not None:
+            while len(score_cache) >= SCORE_CACHE_ENTRIES:
+                score_cache.pop(next(iter(score_cache)))
+            score_cache[key] = parts
+    if parts is None:
+        return None
+    scores, probs_top, conf = parts["scores"], parts["top"], parts["conf"]
+    assert pick is not None
+    order = pick_order(scores, ids[cand], probs_top, n_out, pick=pick, beta=beta, seed=job.seed)
+    return Ranked(cand[order], scores[order], probs_top[order], conf[order], job.total, n_unlabelled)
 
-        key = None
-        if score_cache is not None and not dist.distributed:
-            key = (scheme, norm, mc_passes, samples, seed, temperature, model_fingerprint(model),
-                   "\n".join(str(i) for i in ids[cand]))
-        if key is not None and key in score_cache:
-            parts = score_cache[key]
-        else:
-            parts = gather_concat(run_on_all_ranks(score_shard, dist), dist)
-            if key is not None and parts is not None:
-                while len(score_cache) >= SCORE_CACHE_ENTRIES:
-                    score_cache.pop(next(iter(score_cache)))
-                score_cache[key] = parts
-        if parts is None:
-            return None
-        scores, probs_top, conf = parts["scores"], parts["top"], parts["conf"]
-        assert pick is not None
-        order = pick_order(scores, ids[cand], probs_top, n_out, pick=pick, beta=beta, seed=seed)
-        return Ranked(cand[order], scores[order], probs_top[order], conf[order], total, n_unlabelled)
 
-    # Batch schemes: embed every candidate (and, for coreset, the labelled set), then choose.
-    import torch
+def _score_candidates(job: _Job, sch, cand: np.ndarray, norm: str, mc_passes: int,
+                      samples: int) -> dict[str, np.ndarray] | None:
+    """Per candidate: score, predicted class, confidence (gathered on rank 0; None elsewhere)."""
+    from cryoal.io.prefetch import batch_plan
+    from cryoal.learn.distributed import gather_concat, run_on_all_ranks, shard_range
+    from cryoal.scoring.registry import ScoreContext
+    from cryoal.scoring.segmentation import prediction_summary
 
-    from cryoal.scoring.diversity import penultimate
-    from cryoal.scoring.gram import eval_mode
+    seed = job.seed
+    ctx = ScoreContext.make(norm=norm, mc_passes=mc_passes, seed=seed, samples=samples,
+                            temperature=job.temperature)
 
+    def score_shard() -> dict[str, np.ndarray]:
+        plan = batch_plan(cand, job.batch_size)
+        first, stop = shard_range(len(plan), job.dist)
+        start = sum(len(b) for b in plan[:first])
+        size = sum(len(b) for b in plan[first:stop])
+        if start:  # `random` draws from one stream: skip what the ranks before this one draw
+            ctx.rng.random(start)
+        scores = np.empty(size)
+        probs_top = np.empty(size, dtype=np.int64)
+        conf = np.empty(size)
+        pos = 0
+        for idx, x in job.batches(cand):
+            if ctx.generator is not None and seed is not None:  # sampled label maps: the same
+                ctx.generator.manual_seed(int(np.random.SeedSequence([seed, 3, int(idx[0])])
+                                              .generate_state(1)[0]))  # draws however sharded
+            s, p = sch.score(job.model, x, ctx)
+            k = len(idx)
+            scores[pos : pos + k] = s
+            # per-pixel outputs: the class of largest pixel-mean probability, mean top probability
+            probs_top[pos : pos + k], conf[pos : pos + k] = prediction_summary(p)
+            pos += k
+        return {"scores": scores, "top": probs_top, "conf": conf}
+
+    return gather_concat(run_on_all_ranks(score_shard, job.dist), job.dist)
+
+
+def _rank_by_batch_scheme(job: _Job, sch, cand: np.ndarray, n_out: int, n_unlabelled: int) -> Ranked | None:
+    """Batch schemes: embed every candidate (and, for coreset, the labelled set), then choose."""
+    ids, labels = job.pool.particle_ids, job.pool.labels
     # Candidates in particle-id order, so that ties in the greedy choice go to the smaller id.
     cand = cand[np.argsort(np.asarray(ids[cand], dtype=str), kind="stable")]
-
-    def embed(indices: np.ndarray, done0: int, total_: int) -> tuple[np.ndarray, np.ndarray] | None:
-        """Features (M, F) and probabilities (M, C) of `indices`, in the order given (rank 0 only)."""
-        read_order = np.argsort(indices, kind="stable")  # read in pool order, put back after
-
-        def embed_shard() -> dict[str, np.ndarray] | None:
-            feats, probs = [], []
-            with torch.no_grad(), eval_mode(model):
-                for _, x in batches(indices[read_order], done0, total_):
-                    logits, f = penultimate(model, x)
-                    # one row per sample: per-pixel probabilities are averaged over pixels
-                    probs.append(pooled_probs(calibrated_softmax(logits, temperature).cpu().numpy()))
-                    feats.append(f.double().cpu().numpy())
-            return {"feats": np.concatenate(feats), "probs": np.concatenate(probs)} if feats else None
-
-        parts = gather_concat(run_on_all_ranks(embed_shard, dist), dist)
-        if parts is None:
-            return None
-        back = np.argsort(read_order, kind="stable")
-        return parts["feats"][back], parts["probs"][back]
-
     labelled = np.flatnonzero(labels >= 0) if sch.uses_labelled else np.zeros(0, dtype=np.int64)
-    grand = total + labelled.size
-    embedded = embed(cand, 0, grand)
-    lab_embedded = embed(labelled, total, grand) if labelled.size else None
+    grand = job.total + labelled.size
+    embedded = _embed(job, cand, 0, grand)
+    lab_embedded = _embed(job, labelled, job.total, grand) if labelled.size else None
     if embedded is None:
         return None
     feats, probs = embedded
     lab_feats = lab_embedded[0] if lab_embedded is not None else None
-    order, gains = sch.choose(probs, feats, n_out, lab_feats, seed)
-    return Ranked(cand[order], gains, probs[order].argmax(1), probs[order].max(1), total, n_unlabelled,
+    order, gains = sch.choose(probs, feats, n_out, lab_feats, job.seed)
+    return Ranked(cand[order], gains, probs[order].argmax(1), probs[order].max(1), job.total, n_unlabelled,
                   extra={"n_labelled_centres": int(labelled.size)})
+
+
+def _embed(job: _Job, indices: np.ndarray, done0: int, total: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """Features (M, F) and probabilities (M, C) of `indices`, in the order given (rank 0 only)."""
+    import torch
+
+    from cryoal.learn.calibration import calibrated_softmax
+    from cryoal.learn.distributed import gather_concat, run_on_all_ranks
+    from cryoal.scoring.diversity import penultimate
+    from cryoal.scoring.gram import eval_mode
+    from cryoal.scoring.segmentation import pooled_probs
+
+    read_order = np.argsort(indices, kind="stable")  # read in pool order, put back after
+
+    def embed_shard() -> dict[str, np.ndarray] | None:
+        feats, probs = [], []
+        with torch.no_grad(), eval_mode(job.model):
+            for _, x in job.batches(indices[read_order], done0, total):
+                logits, f = penultimate(job.model, x)
+                # one row per sample: per-pixel probabilities are averaged over pixels
+                probs.append(pooled_probs(calibrated_softmax(logits, job.temperature).cpu().numpy()))
+                feats.append(f.double().cpu().numpy())
+        return {"feats": np.concatenate(feats), "probs": np.concatenate(probs)} if feats else None
+
+    parts = gather_concat(run_on_all_ranks(embed_shard, job.dist), job.dist)
+    if parts is None:
+        return None
+    back = np.argsort(read_order, kind="stable")
+    return parts["feats"][back], parts["probs"][back]
 
 
 def ranked_columns(pool, ranked: Ranked, class_names: list[str]) -> dict[str, list[str]]:
