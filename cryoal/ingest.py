@@ -453,42 +453,9 @@ def ingest(
     """
     opts = opts or IngestOptions()
     output = check_output_dir(output)  # a directory at -o is named now, before any input is read
-    if opts.mode not in INGEST_MODES:
-        known = ", ".join(INGEST_MODES)
-        raise CryoalError(f"--mode {opts.mode}: ingest builds {known} pools")
-    if opts.box is not None and opts.box < 1:
-        raise CryoalError(f"--box {opts.box}: must be a positive size")
-    if opts.voxel_size is not None and not opts.voxel_size > 0:
-        raise CryoalError(f"--voxel-size {opts.voxel_size}: must be positive")
-    ndim = {"image": 2, "subtomogram": 3}.get(opts.mode)  # segmentation: 2D or 3D, as the data
-
-    existing_names: list[str] = []
-    existing_ids: set[str] = set()
-    pool_voxel = math.nan
-    target: tuple[int, ...] | None = (opts.box,) * ndim if opts.box and ndim else None
-    if opts.append:
-        with open_pool(output) as pool:
-            if pool.mode != opts.mode:
-                raise CryoalError(f"{output}: pool is in {pool.mode} mode, cannot append {opts.mode} data")
-            if target is not None and target != pool.shape or (
-                    opts.box and ndim is None and (opts.box,) * len(pool.shape) != pool.shape):
-                raise CryoalError(
-                    f"{output}: pool particles are {_shape_text(pool.shape)}, "
-                    f"--box asks for {_shape_text(target)}"
-                )
-            target = pool.shape
-            existing_names = pool.class_names
-            existing_ids = set(pool.particle_ids)
-            pool_voxel = pool.voxel_size
-    elif output.exists() and not opts.overwrite:
-        raise CryoalError(
-            f"{output}: already exists; pass --append to add to it or --overwrite to replace it"
-        )
-
-    if opts.mode != "segmentation" and (opts.masks_dir or opts.ignore_index is not None or opts.classes):
-        raise CryoalError("--masks, --ignore-index and --classes are for --mode segmentation")
-    if opts.masks_dir is not None and not Path(opts.masks_dir).is_dir():
-        raise CryoalError(f"{opts.masks_dir}: --masks must be a directory of mask files")
+    ndim = _checked_mode(opts)
+    target, existing_names, existing_ids, pool_voxel = _existing_pool(output, opts, ndim)
+    _check_segmentation_options(opts)
     sources, class_names, planned_bad = plan_sources(inputs, opts, existing_names)
     masks = None
     if opts.mode == "segmentation":
@@ -529,16 +496,7 @@ def ingest(
                 batch = _Batch(np.empty((size, *target), np.float32),
                                np.empty((size, *target), np.int16) if masks is not None else None)
             try:
-                if ev.volume.ndim != len(target):
-                    raise InputError(
-                        f"{ev.source}: a {ev.volume.ndim}D item, but the pool's particles are "
-                        f"{len(target)}D ({_shape_text(target)}); 2D and 3D data go in separate pools"
-                    )
-                if masks is not None:
-                    batch.masks[len(batch.items)] = masks.read(
-                        _mask_file(ev, masks.masks_dir), ev.index, ev.in_stack, ev.volume.shape, target
-                    )
-                _normalise(ev, target, opts, batch.slot())
+                _read_into(batch, ev, target, opts, masks)
             except InputError as exc:
                 if not opts.skip_bad:
                     raise
@@ -556,19 +514,85 @@ def ingest(
         if writer.n_added == 0:
             skipped = f" ({len(result.bad)} bad inputs skipped)" if result.bad else ""
             raise CryoalError(f"{output}: no particles to write{skipped}; nothing was written")
-        voxel = _choose_voxel_size(opts.voxel_size, pool_voxel, voxel_sizes, result.warnings)
-        writer.set_voxel_size(voxel)
-        if masks is not None:
-            class_names = result.class_names = list(masks.class_names)
-        writer.set_class_names(class_names)
-        _record_star_blocks(writer, sources)
-        result.n_added = writer.n_added
-        result.voxel_size = voxel
-        result.shape = tuple(writer.shape or ())
+        _finish_pool(writer, result, sources, masks, _choose_voxel_size(
+            opts.voxel_size, pool_voxel, voxel_sizes, result.warnings))
     with open_pool(output) as pool:
         result.n_total = len(pool)
         result.n_labelled = int((pool.labels >= 0).sum())
     return result
+
+
+def _checked_mode(opts: IngestOptions) -> int | None:
+    """Axes of a particle in `opts.mode` (None for segmentation: 2D or 3D, as the data); CryoalError
+    on an unknown mode or a bad --box or --voxel-size."""
+    if opts.mode not in INGEST_MODES:
+        known = ", ".join(INGEST_MODES)
+        raise CryoalError(f"--mode {opts.mode}: ingest builds {known} pools")
+    if opts.box is not None and opts.box < 1:
+        raise CryoalError(f"--box {opts.box}: must be a positive size")
+    if opts.voxel_size is not None and not opts.voxel_size > 0:
+        raise CryoalError(f"--voxel-size {opts.voxel_size}: must be positive")
+    return {"image": 2, "subtomogram": 3}.get(opts.mode)
+
+
+def _existing_pool(output: Path, opts: IngestOptions, ndim: int | None) -> tuple[
+        tuple[int, ...] | None, list[str], set[str], float]:
+    """What the pool already holds: (particle shape, class names, particle ids, voxel size); for a
+    new pool the shape --box asks for (or None) and nothing else. CryoalError when appending does
+    not fit the pool, or when a new pool would replace a file without --overwrite."""
+    target: tuple[int, ...] | None = (opts.box,) * ndim if opts.box and ndim else None
+    if not opts.append:
+        if output.exists() and not opts.overwrite:
+            raise CryoalError(
+                f"{output}: already exists; pass --append to add to it or --overwrite to replace it"
+            )
+        return target, [], set(), math.nan
+    with open_pool(output) as pool:
+        if pool.mode != opts.mode:
+            raise CryoalError(f"{output}: pool is in {pool.mode} mode, cannot append {opts.mode} data")
+        if target is not None and target != pool.shape or (
+                opts.box and ndim is None and (opts.box,) * len(pool.shape) != pool.shape):
+            raise CryoalError(
+                f"{output}: pool particles are {_shape_text(pool.shape)}, "
+                f"--box asks for {_shape_text(target)}"
+            )
+        return pool.shape, pool.class_names, set(pool.particle_ids), pool.voxel_size
+
+
+def _check_segmentation_options(opts: IngestOptions) -> None:
+    """--masks, --ignore-index and --classes go with --mode segmentation; --masks is a directory."""
+    if opts.mode != "segmentation" and (opts.masks_dir or opts.ignore_index is not None or opts.classes):
+        raise CryoalError("--masks, --ignore-index and --classes are for --mode segmentation")
+    if opts.masks_dir is not None and not Path(opts.masks_dir).is_dir():
+        raise CryoalError(f"{opts.masks_dir}: --masks must be a directory of mask files")
+
+
+def _read_into(batch: _Batch, ev: _Item, target: tuple[int, ...], opts: IngestOptions, masks) -> None:
+    """Fit one item (and its mask) into the batch's next slot; InputError naming it if it cannot."""
+    if ev.volume.ndim != len(target):
+        raise InputError(
+            f"{ev.source}: a {ev.volume.ndim}D item, but the pool's particles are "
+            f"{len(target)}D ({_shape_text(target)}); 2D and 3D data go in separate pools"
+        )
+    if masks is not None:
+        batch.masks[len(batch.items)] = masks.read(
+            _mask_file(ev, masks.masks_dir), ev.index, ev.in_stack, ev.volume.shape, target
+        )
+    _normalise(ev, target, opts, batch.slot())
+
+
+def _finish_pool(writer: PoolWriter, result: IngestResult, sources: list[_Source], masks,
+                 voxel: float) -> None:
+    """The pool-wide attributes once every particle is in: voxel size, class names (a segmentation
+    pool's from its masks), the STAR manifests' other blocks; and the result's counts."""
+    writer.set_voxel_size(voxel)
+    if masks is not None:
+        result.class_names = list(masks.class_names)
+    writer.set_class_names(result.class_names)
+    _record_star_blocks(writer, sources)
+    result.n_added = writer.n_added
+    result.voxel_size = voxel
+    result.shape = tuple(writer.shape or ())
 
 
 def _record_star_blocks(writer: PoolWriter, sources: list[_Source]) -> None:

@@ -99,20 +99,7 @@ def run_cli(pool_path: Path, truth_path: Path, out: Path, console, *, resume: bo
         data = load_truth(pool, truth_path)
         make_split(data.truth, 0, config)  # bad sizes fail here, before OUT is touched
         out.mkdir(exist_ok=True)
-        record = {
-            "command": shlex.join(["cryoal", *sys.argv[1:]]),
-            "argv": list(sys.argv),
-            "pool": str(pool_path.resolve()),
-            "truth": str(truth_path.resolve()),
-            "n_particles": int(data.truth.size),
-            "metric": "mean_iou" if data.targets is not None else "accuracy",  # the curves' accuracy column
-            "class_names": data.class_names,
-            "options": config.to_dict(),
-            "versions": versions(),
-            "start": _now(),
-            "end": None,
-            "previous_runs": history,
-        }
+        record = _run_record(pool_path, truth_path, data, config, history)
         write_json(out / RUN_JSON, record)
         timings = Timings()
         total = config.seeds * len(config.schemes) * config.cycles
@@ -146,6 +133,31 @@ def run_cli(pool_path: Path, truth_path: Path, out: Path, console, *, resume: bo
                 data, config, out, resume=resume, steps=steps, timings=timings,
                 log=on_message, advance=on_advance,
             )
+    _write_results(out, pool_path, data, config, rows, record, timings, event_log)
+
+
+def _run_record(pool_path: Path, truth_path: Path, data, config: BenchmarkConfig, history: list) -> dict:
+    """run.json as the run starts: the command, inputs, options and versions."""
+    return {
+        "command": shlex.join(["cryoal", *sys.argv[1:]]),
+        "argv": list(sys.argv),
+        "pool": str(pool_path.resolve()),
+        "truth": str(truth_path.resolve()),
+        "n_particles": int(data.truth.size),
+        "metric": "mean_iou" if data.targets is not None else "accuracy",  # the curves' accuracy column
+        "class_names": data.class_names,
+        "options": config.to_dict(),
+        "versions": versions(),
+        "start": _now(),
+        "end": None,
+        "previous_runs": history,
+    }
+
+
+def _write_results(out: Path, pool_path: Path, data, config: BenchmarkConfig, rows: list, record: dict,
+                   timings, event_log) -> None:
+    """After the cycles: summary.csv, curves.png, run.json completed, the log's last events and
+    the AUBC table on the terminal."""
     # a resumed run may have asked for fewer schemes/seeds/cycles than the files hold: report these
     rows = [r for r in rows
             if r.scheme in config.schemes and r.seed < config.seeds and r.cycle < config.cycles]

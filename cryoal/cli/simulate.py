@@ -75,14 +75,7 @@ def simulate(
     if membranes:
         _simulate_membranes(out_dir, membranes, box, membrane_ndim, snr, seed_labels, seed)
         return
-    if classes < 1:
-        raise CryoalError(f"--classes: must be at least 1, got {classes}")
-    if per_class < 1:
-        raise CryoalError(f"--per-class: must be at least 1, got {per_class}")
-    if seed < 0:
-        raise CryoalError(f"--seed: must be >= 0, got {seed}")
-    if shift < 0 or seed_labels < 0 or tomograms < 0:
-        raise CryoalError("--shift, --seed-labels and --tomograms must be >= 0")
+    _check_counts(classes, per_class, seed, shift, seed_labels, tomograms)
     imaging = Imaging(box, voxel_size, tilt_range, defocus, snr)
     try:
         imaging.check()
@@ -146,6 +139,19 @@ def simulate(
             f"{counts['false_picks']} false picks to {out_dir}/ (tomograms/*.mrc, tomograms.star, truth.csv, "
             "truth_positions.csv)"
         )
+
+
+def _check_counts(classes: int, per_class: int, seed: int, shift: float, seed_labels: int,
+                  tomograms: int) -> None:
+    """CryoalError naming the first count or size out of range."""
+    if classes < 1:
+        raise CryoalError(f"--classes: must be at least 1, got {classes}")
+    if per_class < 1:
+        raise CryoalError(f"--per-class: must be at least 1, got {per_class}")
+    if seed < 0:
+        raise CryoalError(f"--seed: must be >= 0, got {seed}")
+    if shift < 0 or seed_labels < 0 or tomograms < 0:
+        raise CryoalError("--shift, --seed-labels and --tomograms must be >= 0")
 
 
 def _simulate_membranes(

@@ -144,6 +144,30 @@ def _replace_dir(tmp: Path, out_dir: Path) -> None:
         os.replace(tmp, out_dir)
 
 
+def _render_tiles(pool: Pool, batch: Sequence[Item], view: tuple[int, float | None], ext_masks,
+                  has_masks: bool, opts: GalleryOptions, cards: list[page.Card]) -> list:
+    """The captioned tiles of one read batch of particles (with their masks, if any); with
+    `opts.html` each particle's card is appended to `cards` too. `view` is (slab, low-pass cutoff)."""
+    slab, cutoff_vox = view
+    rows = np.asarray([it.index for it in batch], dtype=np.int64)
+    vols = pool.read(rows)
+    if ext_masks is not None:
+        masks = np.stack([np.asarray(ext_masks[r]) for r in rows])
+    elif has_masks:
+        masks = pool.read(rows, dataset="masks")
+    else:
+        masks = None
+    tiles = []
+    for k, it in enumerate(batch):
+        views = particle_views(vols[k], slab, cutoff_vox)
+        planes = mask_planes(masks[k]) if masks is not None else None
+        grid = montage.panel_grid(views, planes, clip_percent=opts.clip_percent, invert=opts.invert)
+        tiles.append(montage.captioned(grid, it.caption()))
+        if opts.html:
+            cards.append(page.Card(it.particle_id, it.rank, it.predicted, it.confidence, it.label, grid))
+    return tiles
+
+
 def build_gallery(
     pool: Pool, items: Sequence[Item], out_dir: str | os.PathLike, opts: GalleryOptions, progress=None
 ) -> GalleryResult:
@@ -187,24 +211,7 @@ def build_gallery(
             tiles = []
             for start in range(0, len(chunk), READ_BATCH):
                 batch = chunk[start : start + READ_BATCH]
-                rows = np.asarray([it.index for it in batch], dtype=np.int64)
-                vols = pool.read(rows)
-                if ext_masks is not None:
-                    masks = np.stack([np.asarray(ext_masks[r]) for r in rows])
-                elif has_masks:
-                    masks = pool.read(rows, dataset="masks")
-                else:
-                    masks = None
-                for k, it in enumerate(batch):
-                    views = particle_views(vols[k], slab, cutoff_vox)
-                    planes = mask_planes(masks[k]) if masks is not None else None
-                    grid = montage.panel_grid(
-                        views, planes, clip_percent=opts.clip_percent, invert=opts.invert
-                    )
-                    tiles.append(montage.captioned(grid, it.caption()))
-                    if opts.html:
-                        cards.append(page.Card(it.particle_id, it.rank, it.predicted, it.confidence,
-                                               it.label, grid))
+                tiles += _render_tiles(pool, batch, (slab, cutoff_vox), ext_masks, has_masks, opts, cards)
                 done += len(batch)
                 if progress is not None:
                     progress(done)
