@@ -14,10 +14,26 @@ and picks from two users:
 from __future__ import annotations
 
 import hashlib
+import importlib
 import json
+import os
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
+import pytest
+
+
+def require(name: str) -> ModuleType:
+    """Import the optional package `name` (copick, zarr) or skip the test module without it; where
+    CRYOAL_REQUIRE_COPICK is set (CI), a missing package is a failure, never a silent skip."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        if os.environ.get("CRYOAL_REQUIRE_COPICK"):
+            pytest.fail(f"{name} is not installed (CRYOAL_REQUIRE_COPICK is set): {exc}", pytrace=False)
+        pytest.skip(f"{name} is not installed", allow_module_level=True)
+
 
 SPACING = 10.0
 SHAPES = {"TS_01": (40, 48, 64), "TS_02": (36, 40, 56)}

@@ -192,6 +192,45 @@ def test_warm_start_runs_and_shares_cycle0(tiny, tmp_path):
     assert len(rows) == 4
 
 
+@pytest.fixture
+def inits(monkeypatch):
+    """Record, per training call, the weights it started from (None: from scratch) and ended with."""
+    from cryoal.select import model_fingerprint
+
+    calls = []
+    real_train = steps.train_model
+
+    def train(data, labelled, config, seed, cycle, init_model=None, **kw):
+        start = None if init_model is None else model_fingerprint(init_model)
+        model = real_train(data, labelled, config, seed, cycle, init_model, **kw)
+        if not kw.get("build_only"):
+            calls.append((cycle, start, model_fingerprint(model)))
+        return model
+
+    monkeypatch.setattr(steps, "train_model", train)
+    return calls
+
+
+@pytest.mark.parametrize("warm", [True, False])
+def test_warm_start_fine_tunes_the_previous_cycles_model(tiny, tmp_path, inits, warm):
+    """With --warm-start each cycle starts from the weights the cycle before ended with (also after
+    --resume, from the saved state); without it every cycle starts from scratch."""
+    d, _, _ = tiny
+    out = tmp_path / "w"
+    flag = ("--warm-start",) if warm else ()
+    res = _run(d, out, *flag, schemes="random", cycles=2)
+    assert res.exit_code == 0, res.output
+    res = _run(d, out, *flag, "--resume", schemes="random", cycles=3)
+    assert res.exit_code == 0, res.output
+    ended = {cycle: end for cycle, _, end in inits}
+    started = {cycle: start for cycle, start, _ in inits}
+    assert sorted(started) == [0, 1, 2] and started[0] is None
+    if warm:
+        assert started[1] == ended[0] and started[2] == ended[1]
+    else:
+        assert started[1] is None and started[2] is None
+
+
 @pytest.mark.parametrize(
     ("extra", "schemes", "cycles", "message"),
     [

@@ -25,12 +25,13 @@ from copick_project import (
     make_volume,
     particle_id,
     pick_sets,
+    require,
 )
 
 from cryoal.io.pool import open_pool
 
-copick = pytest.importorskip("copick")
-zarr = pytest.importorskip("zarr")
+copick = require("copick")
+zarr = require("zarr")
 
 
 @pytest.fixture(scope="module")

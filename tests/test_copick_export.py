@@ -12,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from cli_helpers import assert_one_error, cli
-from copick_project import SPACING, build_project, full_positions, tree_digest
+from copick_project import SPACING, build_project, full_positions, require, tree_digest
 
 from cryoal.io.pool import open_pool
 
-copick = pytest.importorskip("copick")
+copick = require("copick")
 
 
 @pytest.fixture

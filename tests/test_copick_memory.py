@@ -10,14 +10,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import pytest
-from copick_project import write_config
+from copick_project import require, write_config
 from script_helpers import load_benchmark_script
 
 run_cryoal = load_benchmark_script("peak_rss").run_cryoal
 
-copick = pytest.importorskip("copick")
-zarr = pytest.importorskip("zarr")
+copick = require("copick")
+zarr = require("zarr")
 
 PIXEL = 10.0
 CHUNK = 64

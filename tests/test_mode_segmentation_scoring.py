@@ -192,3 +192,36 @@ def test_iou_and_mask_labels_against_loops():
     masks[1, 0, 0] = 0
     masks[2, 1, 1] = 2
     np.testing.assert_array_equal(mask_labels(masks), [-1, 0, 2])
+
+
+def test_mean_iou_by_hand():
+    # class 0: 3 right, 1 taken for 1, 2 of class 1 taken for 0 -> IoU 3 / 6; class 1: 4 / 7;
+    # class 2 is neither present nor predicted and stays out of the mean
+    cm = np.array([[3, 1, 0], [2, 4, 0], [0, 0, 0]])
+    assert iou_per_class(cm) == pytest.approx([0.5, 4 / 7, None])
+    assert mean_iou(cm) == pytest.approx((0.5 + 4 / 7) / 2)
+    assert np.isnan(mean_iou(np.zeros((2, 2), int)))
+
+
+def test_trained_segmenter_reports_the_mean_iou_of_its_predictions(one_torch_thread):
+    """The `mean_iou` training reports is that of the kept model's predictions on the validation
+    set, counted pixel by pixel here (unlabelled pixels left out)."""
+    from cryoal.learn.train import fit
+    from cryoal.simulate.membranes import simulate_membranes
+
+    images, masks = simulate_membranes(12, 16, 2, snr=2.0, seed=1)
+    masks = masks.astype(np.int64)
+    masks[:, 0, :] = -1  # an unlabelled row in every mask
+    model, metrics = fit(images[:8], masks[:8], images[8:], masks[8:], n_classes=2, mode="segmentation",
+                         epochs=2, batch_size=4, device="cpu", seed=0)
+    with torch.no_grad():
+        pred = model(torch.from_numpy(images[8:, None])).argmax(1).numpy()
+    truth = masks[8:]
+    ious = []
+    for c in range(2):
+        inter = np.sum((truth == c) & (pred == c))
+        union = np.sum((truth == c) | ((pred == c) & (truth >= 0)))
+        if union:
+            ious.append(inter / union)
+    assert metrics["mean_iou"] == pytest.approx(np.mean(ious))
+    assert metrics["evaluated_on"] == "validation"
