@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from cryoal.benchmark import splits
-from cryoal.benchmark.loop import BenchmarkConfig, BenchmarkData
+from cryoal.benchmark.config import BenchmarkConfig, BenchmarkData
 from cryoal.benchmark.metrics import accuracy, macro_f1
 
 

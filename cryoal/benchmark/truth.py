@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cryoal.benchmark.loop import BenchmarkData
+from cryoal.benchmark.config import BenchmarkData
 from cryoal.errors import InputError
 from cryoal.io.pool import Pool
 from cryoal.io.tables import read_table

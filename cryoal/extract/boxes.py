@@ -10,16 +10,12 @@ from __future__ import annotations
 import numpy as np
 
 from cryoal.errors import InputError
+from cryoal.io.preprocess import box_start
 
 
 def centre_voxel(position_xyz: np.ndarray) -> np.ndarray:
     """Integer centre voxel(s) (x, y, z) of pick position(s) in tomogram pixels, rounding half up."""
     return np.floor(np.asarray(position_xyz, dtype=np.float64) + 0.5).astype(np.int64)
-
-
-def box_start(centre_xyz: np.ndarray, size: int) -> np.ndarray:
-    """First voxel index (x, y, z) of a box of `size` centred at the integer voxel `centre_xyz`."""
-    return np.asarray(centre_xyz, dtype=np.int64) - size // 2
 
 
 def crosses_edge(centre_xyz: np.ndarray, size: int, shape_zyx: tuple[int, int, int]) -> np.ndarray:

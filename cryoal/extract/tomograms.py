@@ -33,8 +33,9 @@ from pathlib import Path
 import numpy as np
 
 from cryoal.errors import InputError
-from cryoal.extract.boxes import box_start, cut_box
+from cryoal.extract.boxes import cut_box
 from cryoal.io.omezarr import ArrayReader, is_zarr, plain_zarr_opener
+from cryoal.io.preprocess import box_start
 from cryoal.io.star import read_star
 from cryoal.io.tables import read_csv
 

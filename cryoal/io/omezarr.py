@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from cryoal.errors import CryoalError, InputError
-from cryoal.extract.boxes import box_start
+from cryoal.io.preprocess import box_start
 
 INSTALL_HINT = 'pip install "cryoal[copick]"'
 # Decoded chunks kept for the next boxes (at least one chunk is kept, whatever its size).

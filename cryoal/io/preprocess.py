@@ -19,6 +19,12 @@ import numpy as np
 from cryoal.errors import InputError
 
 
+def box_start(centre_xyz: np.ndarray, size: int) -> np.ndarray:
+    """First voxel index (x, y, z) of a box of `size` centred at the integer voxel `centre_xyz`
+    (the one convention of every box cut, from MRC tomograms and OME-Zarr arrays alike)."""
+    return np.asarray(centre_xyz, dtype=np.int64) - size // 2
+
+
 def _crop_slices(shape: Sequence[int], target: Sequence[int]) -> tuple[slice, ...]:
     out = []
     for n, b in zip(shape, target, strict=True):
