@@ -155,7 +155,7 @@ def assert_same_ranking(cpu: list[tuple[str, float]], dev: list[tuple[str, float
 
 
 @pytest.mark.parametrize("arch", ["rb3d", "resnet3d"])
-def test_select_on_device_ranks_as_on_cpu(select_setup, tmp_path, arch):
+def test_select_on_device_ranks_as_on_cpu(select_setup, tmp_path, arch, tf32):
     """`select --device cuda` and `--device cpu`, every unlabelled particle ranked, calibrated (T=1.6)."""
     d = select_setup
     for scheme in ("expected", "entropy", "margin", "least-confidence", "max-entropy", "random"):
@@ -165,7 +165,7 @@ def test_select_on_device_ranks_as_on_cpu(select_setup, tmp_path, arch):
             res = cli("select", d / "pool.h5", "-m", d / f"{arch}.pt", "--scheme", scheme, "-n", "0",
                       "--batch-size", "32", "--device", device, "-o", out[device])
             assert res.exit_code == 0, res.output
-        assert_same_ranking(_ranked(out["cpu"]), _ranked(out[DEV]), f"{arch} {scheme}")
+        assert_same_ranking(_ranked(out["cpu"]), _ranked(out[DEV]), f"{arch} {scheme}, {tf32}")
 
 
 # -- train and predict -------------------------------------------------------------------------
