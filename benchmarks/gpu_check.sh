@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The GPU check, in one run of about 6 minutes on one GPU:
 #   1. pytest -m cuda (tests/test_cuda.py)
-#   2. scoring speed (benchmarks/scoring_speed.py): default arch at batch 32/128/256 x C 5/10, then every
-#      arch at batch 128, C 5
+#   2. scoring speed (benchmarks/scoring_speed.py): default arch at batch 32/128/256 x C 5/10, again
+#      with TF32 off, then every arch at batch 128, C 5
 #   3. training speed (benchmarks/train_speed.py): every arch, AMP vs fp32, then as `cryoal train` runs
 # Every stage runs under its own timeout, whatever the others did; its exit status and seconds go to
 # summary.txt. Everything is written under ${OUT:-benchmarks/results/gpu}: env.txt, pytest_cuda.log,
@@ -89,11 +89,16 @@ SCORING="$OUT_DIR/scoring_speed.log"
 if [ "$QUICK" = 1 ]; then
     stage "scoring rb3d" 120 "$SCORING" "$PY" benchmarks/scoring_speed.py --device "$DEV" --arch rb3d \
         --box 16 --batch 4,8 --classes 3,5 --rounds 1 --loop-samples 1
+    stage "scoring rb3d TF32 off" 60 "$SCORING" "$PY" benchmarks/scoring_speed.py --device "$DEV" --arch rb3d \
+        --box 16 --batch 4 --classes 5 --rounds 1 --loop-samples 1 --tf32 off
     stage "scoring all archs" 120 "$SCORING" "$PY" benchmarks/scoring_speed.py --device "$DEV" --arch all \
         --box 16 --batch 4 --classes 5 --rounds 1 --loop-samples 1
 else
     stage "scoring rb3d" 90 "$SCORING" "$PY" benchmarks/scoring_speed.py --device "$DEV" --arch rb3d \
         --batch 32,128,256 --classes 5,10 --rounds 3 --loop-samples 8
+    # the same with TF32 off: the speed of the engine at full float32 precision
+    stage "scoring rb3d TF32 off" 60 "$SCORING" "$PY" benchmarks/scoring_speed.py --device "$DEV" --arch rb3d \
+        --batch 32,256 --classes 5,10 --rounds 3 --loop-samples 8 --tf32 off
     stage "scoring all archs" 60 "$SCORING" "$PY" benchmarks/scoring_speed.py --device "$DEV" --arch all \
         --batch 128 --classes 5 --rounds 3 --loop-samples 8
 fi

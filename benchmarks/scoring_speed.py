@@ -127,10 +127,11 @@ def report(res: dict) -> None:
 
 def summary(results: list[dict]) -> None:
     """One row per (arch, C, batch): the figures the README quotes."""
-    print("\n## summary (samples/s; speed-up = per-sample loop time / expected+entropy time)")
+    print("\n## summary (samples/s; speed-up = per-sample loop time / expected+entropy time; "
+          "engine vs loop: max relative difference)")
     print("| arch | C | batch | inference | expected+entropy | entropy | loop | speed-up | e+e / inference "
-          "| peak MiB |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "| peak MiB | engine vs loop |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
         ps = r["per_sample"]
         peak = f"{r['peak_bytes'] / 2**20:.0f}" if r["peak_bytes"] is not None else "-"
@@ -138,7 +139,7 @@ def summary(results: list[dict]) -> None:
               f"| {1 / ps['expected+entropy']:.1f} | {1 / ps['entropy']:.1f} "
               f"| {1 / ps['loop (expected)']:.2f} "
               f"| {ps['loop (expected)'] / ps['expected+entropy']:.1f}x "
-              f"| {ps['expected+entropy'] / ps['inference']:.1f}x | {peak} |")
+              f"| {ps['expected+entropy'] / ps['inference']:.1f}x | {peak} | {r['max_rel_err']:.1e} |")
 
 
 def profile(arch: str, args, device: torch.device, batch: int, classes: int) -> None:
@@ -179,7 +180,12 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--profile", action="store_true", help="print a torch.profiler table instead")
+    ap.add_argument("--tf32", choices=("default", "off"), default="default",
+                    help="CUDA: torch's TF32 settings for convolutions and matmuls as they are, or off")
     args = ap.parse_args()
+    if args.tf32 == "off":  # full float32 convolutions: slower on the GPU, but 1e-7 rather than 1e-3 rounding
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
@@ -188,7 +194,8 @@ def main() -> None:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu
     print(f"# scoring speed: box {args.box}^3, classes {args.classes}, batches {args.batch}, {device} "
           f"({name}), torch {torch.__version__}, median of {args.rounds} rounds, "
-          f"loop on {args.loop_samples} samples")
+          f"loop on {args.loop_samples} samples, TF32 {args.tf32} (cudnn {torch.backends.cudnn.allow_tf32}, "
+          f"matmul {torch.backends.cuda.matmul.allow_tf32})")
     results = []
     for arch in archs:
         for classes in args.classes:

@@ -93,7 +93,8 @@ def main() -> None:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu
     print(f"# training speed: box {args.box}^3, {args.classes} classes, batch {args.batch}, "
           f"{args.steps - 1} timed steps, augment {'on' if args.augment else 'off'}, {device} ({name}), "
-          f"torch {torch.__version__}")
+          f"torch {torch.__version__}, TF32 cudnn {torch.backends.cudnn.allow_tf32} "
+          f"matmul {torch.backends.cuda.matmul.allow_tf32}")
     print("| arch | precision | dtype | samples/s | s/step | peak MiB |")
     print("|---|---|---|---|---|---|")
     rows = []
