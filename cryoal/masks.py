@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from cryoal.device import exact_float32
 from cryoal.errors import CryoalError, InputError
 from cryoal.io.images import (
     UNLABELLED,
@@ -328,6 +329,7 @@ def default_masks_path(out_csv: str | os.PathLike) -> Path:
     return p.with_name(f"{p.stem}_masks.npy")
 
 
+@exact_float32()
 def predict_masks(
     pool_path: str | os.PathLike, model_path: str | os.PathLike, out_csv: str | os.PathLike,
     masks_path: str | os.PathLike | None = None, *, batch_size: int = 16, device: str = "auto",

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from cryoal.device import exact_float32
 from cryoal.errors import CryoalError
 
 PROB_FORMAT = ".6g"
@@ -25,6 +26,7 @@ def prediction_columns(class_names: list[str]) -> list[str]:
     return ["particle_id", "predicted_label", "confidence", *[f"p_{c}" for c in class_names]]
 
 
+@exact_float32()
 def predict_pool(
     pool_path: str | os.PathLike,
     model_path: str | os.PathLike,

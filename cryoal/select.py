@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from cryoal.device import exact_float32
 from cryoal.errors import CryoalError
 from cryoal.scoring.picks import interleave_by_class, pick_order, rank_by_score  # noqa: F401 (public here too)
 
@@ -295,6 +296,7 @@ def output_paths(out: str | os.PathLike, fmt: str) -> dict[str, str]:
     return {"csv": str(out), "star": str(star)}
 
 
+@exact_float32()
 def select_pool(
     pool_path: str | os.PathLike, model_path: str | os.PathLike, out_csv: str | os.PathLike, *,
     scheme: str, n: int | None = None, batch_size: int = 32, device: str = "auto", seed: int | None = 0,

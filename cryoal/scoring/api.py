@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from cryoal.device import exact_float32
 from cryoal.scoring.registry import SCHEMES, BatchScheme, ScoreContext, ScoreScheme, get_scheme
 
 __all__ = ["SCHEMES", "score", "get_scheme", "as_model_input", "model_device"]
@@ -33,6 +34,7 @@ def as_model_input(model: nn.Module, batch, device: torch.device | None = None) 
     return x
 
 
+@exact_float32()
 def score(model: nn.Module, batch, scheme: str, **kw) -> np.ndarray:
     """Scores (B,) for one batch, higher = label first: the numbers `cryoal select` writes.
 
