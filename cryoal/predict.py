@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from cryoal.errors import CryoalError
+from cryoal.learn.device import exact_float32
 
 PROB_FORMAT = ".6g"
 
@@ -27,6 +28,7 @@ def prediction_columns(class_names: list[str]) -> list[str]:
     return ["particle_id", "predicted_label", "confidence", *[f"p_{c}" for c in class_names]]
 
 
+@exact_float32()
 def predict_pool(
     pool_path: str | os.PathLike,
     model_path: str | os.PathLike,
@@ -128,6 +130,7 @@ def default_masks_path(out_csv: str | os.PathLike) -> Path:
     return p.with_name(f"{p.stem}_masks.npy")
 
 
+@exact_float32()
 def predict_masks(
     pool_path: str | os.PathLike, model_path: str | os.PathLike, out_csv: str | os.PathLike,
     masks_path: str | os.PathLike | None = None, *, batch_size: int = 16, device: str = "auto",

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from cryoal.errors import CryoalError
+from cryoal.learn.device import exact_float32
 from cryoal.scoring.picks import interleave_by_class, pick_order, rank_by_score  # noqa: F401 (public here too)
 
 CSV_COLUMNS = ("rank", "particle_id", "score", "predicted_label", "confidence", "source", "tomo",
@@ -347,6 +348,7 @@ def output_paths(out: str | os.PathLike, fmt: str) -> dict[str, str]:
     return {"csv": str(out), "star": str(star)}
 
 
+@exact_float32()
 def select_pool(
     pool_path: str | os.PathLike, model_path: str | os.PathLike, out_csv: str | os.PathLike, *,
     scheme: str, n: int | None = None, batch_size: int = 32, device: str = "auto", seed: int | None = 0,

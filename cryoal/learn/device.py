@@ -1,7 +1,8 @@
-"""Device choice and seeding: `resolve_device` and `seed_everything`."""
+"""Device choice and seeding: `resolve_device`, `seed_everything`, and `exact_float32`."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 
@@ -61,4 +62,28 @@ def seed_everything(seed: int) -> None:
         torch.cuda.manual_seed_all(seed)
 
 
-__all__ = ["DEVICE_CHOICES", "available_cpus", "resolve_device", "seed_everything", "use_all_cpu_cores"]
+class exact_float32(contextlib.ContextDecorator):  # noqa: N801 (used as a decorator, like a function)
+    """Run float32 CUDA convolutions and matmuls in full float32, not TF32, then restore the flags.
+
+    On Ampere and newer GPUs torch lets cuDNN run float32 convolutions in TF32 by default, which
+    rounds products to a 10-bit mantissa (relative error about 1e-3). Scores and probabilities
+    would then differ from the CPU's by far more than the engine's 1e-4 contract, and a ranking
+    would change with the device. Scoring and prediction therefore run under this guard; training
+    does not need it (it runs in bf16/fp16 autocast on CUDA anyway). On CPU it changes nothing.
+    """
+
+    def _recreate_cm(self) -> exact_float32:
+        return type(self)()  # a fresh instance per call: nested and concurrent calls keep their own state
+
+    def __enter__(self) -> exact_float32:
+        self._saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = self._saved
+
+
+__all__ = ["DEVICE_CHOICES", "available_cpus", "exact_float32", "resolve_device", "seed_everything",
+           "use_all_cpu_cores"]

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from cryoal.learn.device import exact_float32
 from cryoal.models.input import model_device, to_model_input
 from cryoal.models.input import to_model_input as as_model_input  # the public name here
 from cryoal.scoring.registry import SCHEMES, BatchScheme, ScoreContext, ScoreScheme, get_scheme
@@ -17,6 +18,7 @@ from cryoal.scoring.registry import SCHEMES, BatchScheme, ScoreContext, ScoreSch
 __all__ = ["SCHEMES", "score", "get_scheme", "as_model_input", "model_device"]
 
 
+@exact_float32()
 def score(model: nn.Module, batch, scheme: str, **kw) -> np.ndarray:
     """Scores (B,) for one batch, higher = label first: the numbers `cryoal select` writes.
 

@@ -34,6 +34,7 @@ import torch
 from torch import Tensor, nn
 
 from cryoal.learn.calibration import apply_temperature
+from cryoal.learn.device import exact_float32
 from cryoal.scoring.gram import concat_results, per_sample_gram
 
 NORMS = ("l2", "tensor-sum")
@@ -90,6 +91,7 @@ def _quad(alpha: Tensor, gram: Tensor) -> Tensor:
     return sq.clamp_min(0).sqrt()
 
 
+@exact_float32()
 def gradnorm_scores(
     model: nn.Module, x: Tensor, schemes: tuple[str, ...] = GRADNORM_SCHEMES, norm: str = "l2",
     samples: int | None = None, generator: torch.Generator | None = None, temperature: float = 1.0,
