@@ -5,11 +5,17 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from cryoal.errors import CryoalError
+
+if TYPE_CHECKING:
+    import torch
+
+# torch is imported inside each function: the CLI imports this module (through `select` and
+# `predict`, for the exact_float32 guard) for commands that never touch torch, such as extract.
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda")
 
@@ -24,6 +30,8 @@ def available_cpus() -> int:
 
 def resolve_device(name: str = "auto") -> torch.device:
     """'auto' -> CUDA if available else CPU; 'cpu'; 'cuda' or 'cuda:N' (error if CUDA is absent)."""
+    import torch
+
     name = (name or "auto").lower()
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -45,6 +53,8 @@ def use_all_cpu_cores() -> int:
     An explicit `OMP_NUM_THREADS` in the environment (a batch scheduler's CPU share, or a user
     sharing the machine) is honoured instead.
     """
+    import torch
+
     n = available_cpus()
     env = os.environ.get("OMP_NUM_THREADS", "").strip()
     if env.isdigit() and int(env) > 0:
@@ -55,6 +65,8 @@ def use_all_cpu_cores() -> int:
 
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and torch (CPU and every CUDA device)."""
+    import torch
+
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -76,12 +88,16 @@ class exact_float32(contextlib.ContextDecorator):  # noqa: N801 (used as a decor
         return type(self)()  # a fresh instance per call: nested and concurrent calls keep their own state
 
     def __enter__(self) -> exact_float32:
+        import torch
+
         self._saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
         torch.backends.cudnn.allow_tf32 = False
         torch.backends.cuda.matmul.allow_tf32 = False
         return self
 
     def __exit__(self, *exc: object) -> None:
+        import torch
+
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = self._saved
 
 
