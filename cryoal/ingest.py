@@ -46,7 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cryoal.errors import CryoalError, InputError
+from cryoal.errors import CryoalError, InputError, OptionError
 from cryoal.io.atomic import check_output_dir
 from cryoal.io.images import ImageFile, image_stem, is_image_name
 from cryoal.io.mrc import MrcFile, is_mrc_name, mrc_stem
@@ -455,11 +455,11 @@ def ingest(
     output = check_output_dir(output)  # a directory at -o is named now, before any input is read
     if opts.mode not in INGEST_MODES:
         known = ", ".join(INGEST_MODES)
-        raise CryoalError(f"--mode {opts.mode}: ingest builds {known} pools")
+        raise OptionError(f"--mode {opts.mode}: ingest builds {known} pools")
     if opts.box is not None and opts.box < 1:
-        raise CryoalError(f"--box {opts.box}: must be a positive size")
+        raise OptionError(f"--box {opts.box}: must be a positive size")
     if opts.voxel_size is not None and not opts.voxel_size > 0:
-        raise CryoalError(f"--voxel-size {opts.voxel_size}: must be positive")
+        raise OptionError(f"--voxel-size {opts.voxel_size}: must be positive")
     ndim = {"image": 2, "subtomogram": 3}.get(opts.mode)  # segmentation: 2D or 3D, as the data
 
     existing_names: list[str] = []
@@ -486,7 +486,7 @@ def ingest(
         )
 
     if opts.mode != "segmentation" and (opts.masks_dir or opts.ignore_index is not None or opts.classes):
-        raise CryoalError("--masks, --ignore-index and --classes are for --mode segmentation")
+        raise OptionError("--masks, --ignore-index and --classes are for --mode segmentation")
     if opts.masks_dir is not None and not Path(opts.masks_dir).is_dir():
         raise CryoalError(f"{opts.masks_dir}: --masks must be a directory of mask files")
     sources, class_names, planned_bad = plan_sources(inputs, opts, existing_names)
