@@ -176,7 +176,7 @@ def pick_order(
     """The first `n` positions (all when n == 0) of `scores` in the order `pick` draws them.
 
     `ids` are the candidates' particle ids (tie-breaks), `predicted` their predicted classes (the
-    balanced picks). Raises OptionError (a CryoalError) on an unknown pick, beta <= 0, or negative scores for a
+    balanced picks). Raises OptionError on an unknown pick, beta <= 0, or negative scores for a
     pick that reads log(score).
     """
     check_pick(pick, beta)
