@@ -48,7 +48,7 @@ import numpy as np
 
 from cryoal.errors import CryoalError, InputError, OptionError
 from cryoal.io.atomic import check_output_dir
-from cryoal.io.images import ImageFile, image_stem, is_image_name
+from cryoal.io.images import IMAGE_SUFFIXES, ImageFile, image_stem, is_image_name
 from cryoal.io.mrc import MrcFile, is_mrc_name, mrc_stem
 from cryoal.io.pool import PoolWriter, open_pool
 from cryoal.io.star import Table
@@ -276,11 +276,21 @@ def plan_sources(inputs: list[str], opts: IngestOptions, class_names: list[str])
 # ------------------------------------------------------------------------------------------
 
 
+def _open_volume(path: Path, stack: bool) -> MrcFile:
+    """An MRC volume; a PNG/TIFF/NPY refused as MRC is told which mode reads it."""
+    try:
+        return MrcFile(path, kind="volume", stack=stack)
+    except InputError as exc:
+        if Path(path).name.lower().endswith(IMAGE_SUFFIXES):
+            raise InputError(f"{exc}; 2D images need --mode image (or --mode segmentation)") from None
+        raise
+
+
 def _opener(opts: IngestOptions) -> Callable[[Path], MrcFile | ImageFile]:
     """How to open an input file: MRC volumes for subtomograms; any image format otherwise
     (image mode: 2D images; segmentation: 2D images or 3D volumes, as the file holds them)."""
     if opts.mode == "subtomogram":
-        return lambda path: MrcFile(path, kind="volume", stack=opts.stack)
+        return lambda path: _open_volume(path, opts.stack)
     kind = "image" if opts.mode == "image" else "auto"
     return lambda path: ImageFile(path, kind=kind)
 
