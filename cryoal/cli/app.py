@@ -193,9 +193,18 @@ class CryoalGroup(TyperGroup):
         sys.exit(code if isinstance(code, int) else 0)
 
 
+# the exit codes, in --help as in the README's table
+EXIT_CODES_HELP = (
+    "Exit codes: 0 success; 1 an error in an input file, id or the environment (one line on stderr "
+    "naming it); 2 a usage error: an unknown option, a missing argument, or a bad option value (out "
+    "of range, not one of the choices, options that do not go together), one line naming the option; "
+    "130 interrupted (Ctrl-C)."
+)
+
 app = typer.Typer(
     cls=CryoalGroup,
     help="cryoal: which subtomograms to label next (active learning for cryo-ET).",
+    epilog=EXIT_CODES_HELP,
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
