@@ -31,6 +31,10 @@ EXIT_USER_ERROR = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
+# a longer `[a|b|...]` would be folded mid-word by the help table: such choices go in the help text
+_MAX_CHOICES_WIDTH = 40
+
+
 class Choices(str):
     """A metavar whose choices are looked up when help is shown, as `[a|b|c]`.
 
@@ -51,10 +55,6 @@ class Choices(str):
     def listed_in_help(self) -> bool:
         """Whether the choices are too many for the type column and go in the help text instead."""
         return self.render() == str(self)
-
-
-# a longer `[a|b|...]` would be folded mid-word by the help table
-_MAX_CHOICES_WIDTH = 40
 
 
 def _value_kind(param: TyperOption | TyperArgument) -> str:
