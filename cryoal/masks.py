@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from cryoal.device import exact_float32
-from cryoal.errors import CryoalError, InputError
+from cryoal.errors import CryoalError, InputError, OptionError
 from cryoal.io.images import (
     UNLABELLED,
     ImageFile,
@@ -352,7 +352,7 @@ def predict_masks(
     from cryoal.io.prefetch import BatchReader
 
     if batch_size < 1:
-        raise CryoalError(f"--batch-size {batch_size}: must be at least 1")
+        raise OptionError(f"--batch-size {batch_size}: must be at least 1")
     masks_path = Path(masks_path) if masks_path is not None else default_masks_path(out_csv)
     fmt = mask_format(masks_path)
     check_output_dir(out_csv)

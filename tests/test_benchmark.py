@@ -193,19 +193,19 @@ def test_warm_start_runs_and_shares_cycle0(tiny, tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("extra", "schemes", "cycles", "message"),
-    [
-        ((), "expected,nope", 2, "unknown scheme 'nope'"),
-        ((), "expected,coreset-balanced", 2, "coreset already builds a diverse batch"),
-        (("--budget", "25"), "random", 2, "--budget 25"),
-        (("--budget", "6"), "random", 5, "--budget 6"),
-        (("--initial", "40"), "random", 2, "--initial 40"),
+    ("extra", "schemes", "cycles", "message", "code"),
+    [  # a bad --schemes is a usage error (2); sizes the pool cannot hold are the data's (1)
+        ((), "expected,nope", 2, "unknown scheme 'nope'", 2),
+        ((), "expected,coreset-balanced", 2, "coreset already builds a diverse batch", 2),
+        (("--budget", "25"), "random", 2, "--budget 25", 1),
+        (("--budget", "6"), "random", 5, "--budget 6", 1),
+        (("--initial", "40"), "random", 2, "--initial 40", 1),
     ],
 )
-def test_bad_input_one_line(tiny, tmp_path, extra, schemes, cycles, message):
+def test_bad_input_one_line(tiny, tmp_path, extra, schemes, cycles, message, code):
     d, _, _ = tiny
     res = _run(d, tmp_path / "o", *extra, schemes=schemes, cycles=cycles)
-    assert res.exit_code == 1
+    assert res.exit_code == code
     err = res.output.strip().splitlines()
     assert len(err) == 1 and message in err[0] and err[0].startswith("error:")
     assert not (tmp_path / "o").exists()

@@ -283,20 +283,20 @@ def test_cli_train_json_and_checkpoint(tmp_path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("labels", "extra", "message"),
-    [
-        ([-1] * 6, [], "no labelled particles"),
-        ([1, 1, 1, -1, -1, -1], [], "needs at least 2 classes with labels, found only 'pair'"),
-        ([0, 1, -1, -1, -1, -1], [], "too few labels for a validation split.*--val-fraction 0"),
-        ([0, 1, 0, 1, 0, 1], ["--arch", "vgg"], "unknown architecture 'vgg'"),
-        ([0, 1, 0, 1, 0, 1], ["--device", "tpu"], "--device tpu"),
+    ("labels", "extra", "message", "code"),
+    [  # the pool's labels are the data's fault (exit 1); a bad option value is a usage error (2)
+        ([-1] * 6, [], "no labelled particles", 1),
+        ([1, 1, 1, -1, -1, -1], [], "needs at least 2 classes with labels, found only 'pair'", 1),
+        ([0, 1, -1, -1, -1, -1], [], "too few labels for a validation split.*--val-fraction 0", 1),
+        ([0, 1, 0, 1, 0, 1], ["--arch", "vgg"], "--arch: unknown architecture 'vgg'", 2),
+        ([0, 1, 0, 1, 0, 1], ["--device", "tpu"], "--device must be one of auto, cpu, cuda.*got 'tpu'", 2),
     ],
 )
-def test_cli_bad_input(tmp_path, labels, extra, message) -> None:
+def test_cli_bad_input(tmp_path, labels, extra, message, code) -> None:
     pool = tmp_path / "pool.h5"
     make_pool(pool, labels)
     r = run(pool, "-o", tmp_path / "m.pt", "--epochs", "1", *extra)
-    assert r.exit_code == 1
+    assert r.exit_code == code
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ")
     import re

@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from cryoal.cli.app import command, stderr_console
+from cryoal.cli.options import device_option, output_option
 
 _DEFAULT_EPOCHS = 30
 
@@ -87,7 +88,7 @@ def print_metrics_table(metrics: dict, console) -> None:
 @command(epilog="Example: cryoal train pool.h5 -o model.pt --epochs 30 --seed 0")
 def train(
     pool: Path = typer.Argument(..., help="Pool file (HDF5) with labelled particles."),
-    output: Path = typer.Option(..., "-o", "--output", help="Model checkpoint to write (.pt)."),
+    output: Path = output_option("Model checkpoint to write (.pt)."),
     arch: str = typer.Option(
         None, "--arch", help="Network: dsrf3d, rb3d or resnet3d (default: the mode's default, rb3d)."
     ),
@@ -106,9 +107,7 @@ def train(
     patience: int = typer.Option(
         10, "--patience", min=1, help="Stop after this many epochs without a better val accuracy."
     ),
-    device: str = typer.Option(
-        "auto", "--device", help="auto (CUDA with mixed precision if present), cpu or cuda."
-    ),
+    device: str = device_option("auto (CUDA with mixed precision if present), cpu, cuda or cuda:N."),
     augment: bool = typer.Option(
         True, "--augment/--no-augment", help="Wedge-safe augmentation (rotations about z, flips, shifts)."
     ),
