@@ -20,6 +20,7 @@ from rich.markup import escape
 from typer.core import TyperArgument, TyperCommand
 
 from cryoal.errors import CryoalError
+from cryoal.io.signals import EXIT_TERMINATED, Terminated, terminated
 
 app = typer.Typer(
     help="cryoal: which subtomograms to label next (active learning for cryo-ET).",
@@ -39,13 +40,34 @@ def fail(message: str) -> typer.Exit:
     return typer.Exit(EXIT_USER_ERROR)
 
 
-def handle_errors(fn: Callable) -> Callable:
-    """Wrap a command: CryoalError/OSError -> one line and exit 1; Ctrl-C -> exit 130."""
+def terminated_to_exit(fn: Callable) -> Callable:
+    """Wrap a command: after SIGTERM (`cryoal.io.signals`) one line and exit 143, whatever
+    exception it surfaced as (under torchrun a peer's exit can fail a collective first)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except BaseException as exc:
+            if not (isinstance(exc, Terminated) or terminated()):
+                raise
+            typer.echo("error: terminated (SIGTERM); files being written were left unchanged", err=True)
+            raise typer.Exit(EXIT_TERMINATED) from None
+
+    return wrapper
+
+
+def handle_errors(fn: Callable) -> Callable:
+    """Wrap a command: CryoalError/OSError -> one line and exit 1; Ctrl-C -> exit 130; SIGTERM ->
+    exit 143 (`terminated_to_exit`)."""
+    inner = terminated_to_exit(fn)
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return inner(*args, **kwargs)
         except typer.Exit:
             raise
         except CryoalError as exc:

@@ -363,13 +363,15 @@ class PoolWriter:
         if self.append:
             self._edit.__exit__(exc_type, exc, tb)
         else:
+            renamed = False
             try:
                 self._h5.close()  # type: ignore[union-attr]
                 if exc_type is None:
                     os.replace(self._tmp, self.path)
+                    renamed = True
                     _fsync_dir(self.path.parent)
             finally:
-                if exc_type is not None:
+                if not renamed:  # an error, or Ctrl-C/SIGTERM during close or rename
                     with contextlib.suppress(FileNotFoundError):
                         self._tmp.unlink()
                 self._lock.__exit__(None, None, None)
