@@ -100,3 +100,17 @@ def test_locking_a_lock_file_that_was_just_removed_starts_again(tmp_path, monkey
                 real_flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         finally:
             os.close(fd)
+
+
+def test_a_new_pool_that_cannot_be_opened_leaves_no_lock(tmp_path, monkeypatch):
+    import cryoal.io.pool as pool_module
+
+    def disk_full(path, mode):
+        raise OSError(28, "No space left on device", str(path))
+
+    monkeypatch.setattr(pool_module, "_open_h5", disk_full)
+    with pytest.raises(OSError, match="No space"), PoolWriter(tmp_path / "new.h5", shape=(8, 8, 8)):
+        pass
+    assert _locks(tmp_path) == []
+    with exclusive_lock(tmp_path / "new.h5"):  # and the lock was released, not only removed
+        pass

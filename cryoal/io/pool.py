@@ -342,9 +342,13 @@ class PoolWriter:
         else:
             self._lock = exclusive_lock(self.path)
             self._lock.__enter__()
-            remove_stale_temps(self.path, locked=True)
-            self._tmp = temp_path_for(self.path)
-            self._h5 = _open_h5(self._tmp, "w")
+            try:
+                remove_stale_temps(self.path, locked=True)
+                self._tmp = temp_path_for(self.path)
+                self._h5 = _open_h5(self._tmp, "w")
+            except BaseException:  # no __exit__ follows a failed __enter__: release (and remove) the lock
+                self._lock.__exit__(None, None, None)
+                raise
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
