@@ -109,8 +109,11 @@ def test_a_new_pool_that_cannot_be_opened_leaves_no_lock(tmp_path, monkeypatch):
         raise OSError(28, "No space left on device", str(path))
 
     monkeypatch.setattr(pool_module, "_open_h5", disk_full)
-    with pytest.raises(OSError, match="No space"), PoolWriter(tmp_path / "new.h5", shape=(8, 8, 8)):
-        pass
+    writer = PoolWriter(tmp_path / "new.h5", shape=(8, 8, 8))
+    with pytest.raises(OSError, match="No space"):
+        writer.__enter__()
+    # released at once, not only when the half-entered writer is garbage-collected
     assert _locks(tmp_path) == []
-    with exclusive_lock(tmp_path / "new.h5"):  # and the lock was released, not only removed
+    with exclusive_lock(tmp_path / "new.h5"):
         pass
+    del writer
