@@ -122,7 +122,7 @@ def train(
 
     Calibration: a softmax temperature is fitted on the validation split and kept only with at
     least 20 validation particles and when it lowers their NLL by more than chance (likelihood-ratio
-    test, 5 % level); otherwise T = 1. `--json` says which, under "calibration".
+    test at the 5% level); otherwise T = 1. `--json` says which, under "calibration".
 
     Under `torchrun --nproc-per-node N -m cryoal train ...` the ranks train data-parallel (DDP) and
     rank 0 alone prints, logs and writes the checkpoint.
