@@ -263,9 +263,14 @@ def test_balanced_variant_selects_with_balance(tiny, tmp_path, monkeypatch):
 def test_variants_call_select_with_their_pick_and_calibration(tiny, tmp_path, monkeypatch):
     """`<scheme>:<pick>[:uncalibrated]` runs select with that pick and calibration; variants that
     differ only by pick score the shared cycle-0 model once (the score cache)."""
+    import cryoal.calibration as calibration
     import cryoal.scoring.registry as registry
     import cryoal.select
 
+    # keep every fitted T (this tiny split would keep T = 1), so that calibrated scores differ
+    real_decide = calibration.decide_temperature
+    monkeypatch.setattr(calibration, "decide_temperature",
+                        lambda z, y: real_decide(z, y, min_particles=0, critical=-float("inf")))
     calls, passes = [], []
     real = cryoal.select.select_from_pool
     real_gradnorm = registry.gradnorm_scores

@@ -365,3 +365,20 @@ def test_batch_size_below_two_is_refused(tmp_path) -> None:
     make_pool(pool, [0, 1] * 4)
     r = run(pool, "-o", tmp_path / "m.pt", "--batch-size", "1")
     assert r.exit_code == 2 and not (tmp_path / "m.pt").exists()  # a usage error, caught by the parser
+
+
+def test_cli_epoch_line_shows_the_val_loss_that_breaks_ties(tmp_path) -> None:
+    """The best epoch can move while val accuracy is flat (ties go to the lower val loss): each
+    epoch's line shows that loss, and --help says how ties are broken."""
+    pool = tmp_path / "pool.h5"
+    make_pool(pool, [0, 1] * 8)
+    r = run(pool, "-o", tmp_path / "m.pt", "--epochs", "3", "--batch-size", "8", "--json")
+    assert r.exit_code == 0, r.stderr
+    history = json.loads(r.stdout)["history"]
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("epoch ")]
+    assert len(lines) == len(history) == 3
+    for line, h in zip(lines, history, strict=True):
+        assert f"val loss {h['val_loss']:.4f}  val acc {h['val_accuracy']:.3f}" in line, line
+        assert f"best epoch {h['best_epoch']} " in line
+    help_text = " ".join(run("--help").stdout.split())
+    assert "ties go to the lower validation loss" in help_text

@@ -26,6 +26,7 @@ from typer._click.exceptions import BadParameter, ClickException, MissingParamet
 from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
 from cryoal.errors import CryoalError, OptionError
+from cryoal.io.signals import EXIT_TERMINATED, Terminated, terminated
 
 EXIT_USER_ERROR = 1
 EXIT_USAGE = 2
@@ -198,7 +199,8 @@ EXIT_CODES_HELP = (
     "Exit codes: 0 success; 1 an error in an input file, id or the environment (one line on stderr "
     "naming it); 2 a usage error: an unknown option, a missing argument, or a bad option value (out "
     "of range, not one of the choices, options that do not go together), one line naming the option; "
-    "130 interrupted (Ctrl-C)."
+    "130 interrupted (Ctrl-C); 143 terminated (SIGTERM, e.g. a scheduler's time limit). Interrupted or "
+    "terminated, every file being written is left as it was."
 )
 
 app = typer.Typer(
@@ -219,13 +221,34 @@ def fail(message: str, code: int = EXIT_USER_ERROR) -> typer.Exit:
     return typer.Exit(code)
 
 
-def handle_errors(fn: Callable) -> Callable:
-    """Wrap a command: CryoalError/OSError -> one line and exit 1 (OptionError: 2); Ctrl-C -> 130."""
+def terminated_to_exit(fn: Callable) -> Callable:
+    """Wrap a command: after SIGTERM (`cryoal.io.signals`) one line and exit 143, whatever
+    exception it surfaced as (under torchrun a peer's exit can fail a collective first)."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except BaseException as exc:
+            if not (isinstance(exc, Terminated) or terminated()):
+                raise
+            typer.echo("error: terminated (SIGTERM); files being written were left unchanged", err=True)
+            raise typer.Exit(EXIT_TERMINATED) from None
+
+    return wrapper
+
+
+def handle_errors(fn: Callable) -> Callable:
+    """Wrap a command: CryoalError/OSError -> one line and exit 1 (OptionError: 2); Ctrl-C -> 130;
+    SIGTERM -> 143 (`terminated_to_exit`)."""
+    inner = terminated_to_exit(fn)
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return inner(*args, **kwargs)
         except typer.Exit:
             raise
         except OptionError as exc:  # a bad value the parser could not check: a usage error

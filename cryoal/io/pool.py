@@ -342,9 +342,13 @@ class PoolWriter:
         else:
             self._lock = exclusive_lock(self.path)
             self._lock.__enter__()
-            remove_stale_temps(self.path, locked=True)
-            self._tmp = temp_path_for(self.path)
-            self._h5 = _open_h5(self._tmp, "w")
+            try:
+                remove_stale_temps(self.path, locked=True)
+                self._tmp = temp_path_for(self.path)
+                self._h5 = _open_h5(self._tmp, "w")
+            except BaseException:  # no __exit__ follows a failed __enter__: release (and remove) the lock
+                self._lock.__exit__(None, None, None)
+                raise
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -363,13 +367,15 @@ class PoolWriter:
         if self.append:
             self._edit.__exit__(exc_type, exc, tb)
         else:
+            renamed = False
             try:
                 self._h5.close()  # type: ignore[union-attr]
                 if exc_type is None:
                     os.replace(self._tmp, self.path)
+                    renamed = True
                     _fsync_dir(self.path.parent)
             finally:
-                if exc_type is not None:
+                if not renamed:  # an error, or Ctrl-C/SIGTERM during close or rename
                     with contextlib.suppress(FileNotFoundError):
                         self._tmp.unlink()
                 self._lock.__exit__(None, None, None)
