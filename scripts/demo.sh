@@ -21,7 +21,6 @@ cryoal train "$OUT/pool.h5" -o "$OUT/model.pt" --epochs "$EPOCHS" --seed 0
 cp "$OUT/model.pt" "$OUT/model_cycle0.pt"  # kept for the summary
 cryoal select "$OUT/pool.h5" -m "$OUT/model.pt" --scheme expected -n 25 -o "$OUT/to_label.csv"
 cryoal gallery "$OUT/pool.h5" --from "$OUT/to_label.csv" -o "$OUT/gallery" --html
-head -n 6 "$OUT/to_label.csv"
 
 echo "== 3. the 'expert' fills the label column (here: from the simulation's truth.csv)"
 python scripts/fill_labels.py "$OUT/to_label.csv" sample_data/truth.csv -o "$OUT/labelled.csv"
