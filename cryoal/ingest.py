@@ -46,9 +46,9 @@ from pathlib import Path
 
 import numpy as np
 
-from cryoal.errors import CryoalError, InputError
+from cryoal.errors import CryoalError, InputError, OptionError
 from cryoal.io.atomic import check_output_dir
-from cryoal.io.images import ImageFile, image_stem, is_image_name
+from cryoal.io.images import IMAGE_SUFFIXES, ImageFile, image_stem, is_image_name
 from cryoal.io.mrc import MrcFile, is_mrc_name, mrc_stem
 from cryoal.io.pool import PoolWriter, open_pool
 from cryoal.io.preprocess import fit_box
@@ -276,11 +276,21 @@ def plan_sources(inputs: list[str], opts: IngestOptions, class_names: list[str])
 # ------------------------------------------------------------------------------------------
 
 
+def _open_volume(path: Path, stack: bool) -> MrcFile:
+    """An MRC volume; a PNG/TIFF/NPY refused as MRC is told which mode reads it."""
+    try:
+        return MrcFile(path, kind="volume", stack=stack)
+    except InputError as exc:
+        if Path(path).name.lower().endswith(IMAGE_SUFFIXES):
+            raise InputError(f"{exc}; 2D images need --mode image (or --mode segmentation)") from None
+        raise
+
+
 def _opener(opts: IngestOptions) -> Callable[[Path], MrcFile | ImageFile]:
     """How to open an input file: MRC volumes for subtomograms; any image format otherwise
     (image mode: 2D images; segmentation: 2D images or 3D volumes, as the file holds them)."""
     if opts.mode == "subtomogram":
-        return lambda path: MrcFile(path, kind="volume", stack=opts.stack)
+        return lambda path: _open_volume(path, opts.stack)
     kind = "image" if opts.mode == "image" else "auto"
     return lambda path: ImageFile(path, kind=kind)
 
@@ -527,11 +537,11 @@ def _checked_mode(opts: IngestOptions) -> int | None:
     on an unknown mode or a bad --box or --voxel-size."""
     if opts.mode not in INGEST_MODES:
         known = ", ".join(INGEST_MODES)
-        raise CryoalError(f"--mode {opts.mode}: ingest builds {known} pools")
+        raise OptionError(f"--mode {opts.mode}: ingest builds {known} pools")
     if opts.box is not None and opts.box < 1:
-        raise CryoalError(f"--box {opts.box}: must be a positive size")
+        raise OptionError(f"--box {opts.box}: must be a positive size")
     if opts.voxel_size is not None and not opts.voxel_size > 0:
-        raise CryoalError(f"--voxel-size {opts.voxel_size}: must be positive")
+        raise OptionError(f"--voxel-size {opts.voxel_size}: must be positive")
     return {"image": 2, "subtomogram": 3}.get(opts.mode)
 
 
@@ -562,7 +572,7 @@ def _existing_pool(output: Path, opts: IngestOptions, ndim: int | None) -> tuple
 def _check_segmentation_options(opts: IngestOptions) -> None:
     """--masks, --ignore-index and --classes go with --mode segmentation; --masks is a directory."""
     if opts.mode != "segmentation" and (opts.masks_dir or opts.ignore_index is not None or opts.classes):
-        raise CryoalError("--masks, --ignore-index and --classes are for --mode segmentation")
+        raise OptionError("--masks, --ignore-index and --classes are for --mode segmentation")
     if opts.masks_dir is not None and not Path(opts.masks_dir).is_dir():
         raise CryoalError(f"{opts.masks_dir}: --masks must be a directory of mask files")
 

@@ -5,6 +5,8 @@ number of classes the pool already has), it means class k, counted from 1 as REL
 rlnClassNumber and the gallery's number keys count. An empty label is skipped. A label that is
 neither is an unknown class: the whole import is refused, unless `add_classes` is set or the
 pool has no classes yet; new names are then added, sorted (numerically when all are integers).
+A number beyond C is refused even with `add_classes` (a typo of a class number must not become a
+new class called "6"); a pool with no classes yet takes numbers as names.
 """
 
 from __future__ import annotations
@@ -53,6 +55,14 @@ def resolve_labels(
             out[i] = int(v) - 1
         else:
             unknown.setdefault(v, []).append(i)
+    if unknown and n_before:
+        number = next((v for v in unknown if _INT.match(v)), None)
+        if number is not None:
+            raise InputError(
+                f"{where}: label '{number}' is a class number out of range: the pool's classes are "
+                f"1-{n_before} ({', '.join(names)}); a number never adds a class, even with "
+                "--add-classes: give a new class a name"
+            )
     if unknown:
         if not (add_classes or n_before == 0):
             first = next(iter(unknown))

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from cryoal.errors import CryoalError
+from cryoal.errors import CryoalError, OptionError
 from cryoal.learn.device import exact_float32
 
 PROB_FORMAT = ".6g"
@@ -67,7 +67,7 @@ def predict_pool(
     from cryoal.select import output_paths
 
     if batch_size < 1:
-        raise CryoalError(f"--batch-size {batch_size}: must be at least 1")
+        raise OptionError(f"--batch-size {batch_size}: must be at least 1")
     with open_pool(pool_path) as pool:
         dense = pool.mode == "segmentation"
     if dense or masks_path is not None:
@@ -91,7 +91,7 @@ def predict_pool(
         total = len(pool)
         done = 0
         if "star" in paths and pool.mode == "segmentation":
-            raise CryoalError(f"--format {fmt}: STAR export holds one class per particle, not masks; use csv")
+            raise OptionError(f"--format {fmt}: STAR export holds one class per particle, not masks; use csv")
         all_probs = np.empty((total, len(names)), np.float64) if "star" in paths else None
         with atomic_open(paths["csv"], "w") if "csv" in paths else contextlib.nullcontext() as fh:
             writer = csv.writer(fh, lineterminator="\n") if fh is not None else None

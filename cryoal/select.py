@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from cryoal.errors import CryoalError
+from cryoal.errors import CryoalError, OptionError
 from cryoal.learn.device import exact_float32
 from cryoal.scoring.picks import interleave_by_class, pick_order, rank_by_score  # noqa: F401 (public here too)
 
@@ -128,17 +128,17 @@ def _checked_options(model, scheme: str, n: int | None, batch_size: int, norm: s
 
     sch = get_scheme(scheme)
     if n is not None and n < 0:
-        raise CryoalError(f"-n {n}: must be 0 (every unlabelled particle) or more")
+        raise OptionError(f"-n {n}: must be 0 (every unlabelled particle) or more")
     if batch_size < 1:
-        raise CryoalError(f"--batch-size {batch_size}: must be at least 1")
+        raise OptionError(f"--batch-size {batch_size}: must be at least 1")
     if norm not in NORMS:
-        raise CryoalError(f"--norm {norm}: choose one of {', '.join(NORMS)}")
+        raise OptionError(f"--norm {norm}: choose one of {', '.join(NORMS)}")
     if mc_passes < 1:
-        raise CryoalError(f"--mc-passes {mc_passes}: must be at least 1")
+        raise OptionError(f"--mc-passes {mc_passes}: must be at least 1")
     if samples < 1:
-        raise CryoalError(f"--samples {samples}: must be at least 1")
+        raise OptionError(f"--samples {samples}: must be at least 1")
     if pool_subset is not None and pool_subset < 1:
-        raise CryoalError(f"--pool-subset {pool_subset}: must be at least 1")
+        raise OptionError(f"--pool-subset {pool_subset}: must be at least 1")
     if scheme == "bald" and not has_dropout(model):
         raise CryoalError("--scheme bald needs a model with a dropout layer (MC dropout); this one has none")
     pick = resolve_pick(scheme, not isinstance(sch, ScoreScheme), pick, balance, beta,
@@ -337,7 +337,7 @@ def output_paths(out: str | os.PathLike, fmt: str) -> dict[str, str]:
     from cryoal.export import star_path_for
 
     if fmt not in FORMATS:
-        raise CryoalError(f"--format {fmt}: choose one of {', '.join(FORMATS)}")
+        raise OptionError(f"--format {fmt}: choose one of {', '.join(FORMATS)}")
     if fmt == "csv":
         return {"csv": str(out)}
     if fmt == "star":

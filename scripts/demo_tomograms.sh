@@ -5,9 +5,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PWD/.venv/bin:$PATH"
-OUT=${OUT:-demo_tomo_out}
+source scripts/demo_lib.sh
+OUT=${OUT-demo_tomo_out}
 EPOCHS=${EPOCHS:-15}
-rm -rf "$OUT" && mkdir -p "$OUT"
+demo_prepare_out "$OUT" scripts/demo_tomograms.sh  # refuses a directory it did not make
 
 echo "== 1. simulate 2 tomograms (256x256x100 at 10 Å) with a RELION 5 picks STAR"
 cryoal simulate "$OUT/sim" --tomograms 2 --classes 5 --per-class 40 --snr 0.2 --defocus 5 \

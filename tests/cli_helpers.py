@@ -15,9 +15,10 @@ def cli(*args):
     return CliRunner().invoke(app, [str(a) for a in args])
 
 
-def assert_one_error(res, *culprits: str) -> None:
-    """Exit 1 with exactly one `error: ` line on stderr that names every culprit; no traceback."""
-    assert res.exit_code == 1, res.output
+def assert_one_error(res, *culprits: str, code: int = 1) -> None:
+    """Exit `code` (1: a user-facing error, 2: a usage error) with exactly one `error: ` line on
+    stderr that names every culprit; no traceback."""
+    assert res.exit_code == code, res.output
     lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr
     assert "Traceback" not in res.output

@@ -232,19 +232,19 @@ def test_warm_start_fine_tunes_the_previous_cycles_model(tiny, tmp_path, inits, 
 
 
 @pytest.mark.parametrize(
-    ("extra", "schemes", "cycles", "message"),
-    [
-        ((), "expected,nope", 2, "unknown scheme 'nope'"),
-        ((), "expected,coreset-balanced", 2, "coreset already builds a diverse batch"),
-        (("--budget", "25"), "random", 2, "--budget 25"),
-        (("--budget", "6"), "random", 5, "--budget 6"),
-        (("--initial", "40"), "random", 2, "--initial 40"),
+    ("extra", "schemes", "cycles", "message", "code"),
+    [  # a bad --schemes is a usage error (2); sizes the pool cannot hold are the data's (1)
+        ((), "expected,nope", 2, "unknown scheme 'nope'", 2),
+        ((), "expected,coreset-balanced", 2, "coreset already builds a diverse batch", 2),
+        (("--budget", "25"), "random", 2, "--budget 25", 1),
+        (("--budget", "6"), "random", 5, "--budget 6", 1),
+        (("--initial", "40"), "random", 2, "--initial 40", 1),
     ],
 )
-def test_bad_input_one_line(tiny, tmp_path, extra, schemes, cycles, message):
+def test_bad_input_one_line(tiny, tmp_path, extra, schemes, cycles, message, code):
     d, _, _ = tiny
     res = _run(d, tmp_path / "o", *extra, schemes=schemes, cycles=cycles)
-    assert res.exit_code == 1
+    assert res.exit_code == code
     err = res.output.strip().splitlines()
     assert len(err) == 1 and message in err[0] and err[0].startswith("error:")
     assert not (tmp_path / "o").exists()
@@ -302,9 +302,14 @@ def test_balanced_variant_selects_with_balance(tiny, tmp_path, monkeypatch):
 def test_variants_call_select_with_their_pick_and_calibration(tiny, tmp_path, monkeypatch):
     """`<scheme>:<pick>[:uncalibrated]` runs select with that pick and calibration; variants that
     differ only by pick score the shared cycle-0 model once (the score cache)."""
+    import cryoal.learn.calibration as calibration
     import cryoal.scoring.registry as registry
     import cryoal.select
 
+    # keep every fitted T (this tiny split would keep T = 1), so that calibrated scores differ
+    real_decide = calibration.decide_temperature
+    monkeypatch.setattr(calibration, "decide_temperature",
+                        lambda z, y: real_decide(z, y, min_particles=0, critical=-float("inf")))
     calls, passes = [], []
     real = cryoal.select.select_from_pool
     real_gradnorm = registry.gradnorm_scores

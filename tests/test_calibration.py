@@ -130,23 +130,31 @@ def test_checkpoint_keeps_the_temperature_and_version_1_loads_uncalibrated(tmp_p
     assert len(err) == 1 and err[0].startswith("warning: ") and "uncalibrated" in err[0]
 
 
-def test_train_fits_the_temperature_on_its_validation_split():
+def test_train_decides_the_temperature_on_its_validation_split():
+    from cryoal.learn.calibration import decide_temperature
     from cryoal.learn.inference import predict_logits
     from cryoal.learn.train import fit
 
     rng = np.random.default_rng(0)
-    y = np.repeat(np.arange(3), 12)
-    x = rng.normal(size=(36, BOX, BOX, BOX)).astype(np.float32) + y[:, None, None, None] * 0.8
-    model, metrics = fit(x[::2], y[::2], x[1::2], y[1::2], arch="resnet3d", n_classes=3, epochs=3,
-                         batch_size=6, device="cpu", arch_kwargs={"width": 4})
-    cal = metrics["calibration"]
-    logits = predict_logits(model, x[1::2], "cpu").double().numpy()
-    assert cal["fitted"] and cal["temperature"] == temperature_of(model)
-    assert temperature_of(model) == pytest.approx(fit_temperature(logits, y[1::2]), rel=1e-4)
-    assert cal["nll_after"] <= cal["nll_before"] + 1e-12
+    y = np.repeat(np.arange(3), 24)
+    x = rng.normal(size=(72, BOX, BOX, BOX)).astype(np.float32) + y[:, None, None, None] * 0.8
+    for val in (slice(1, None, 2), slice(1, 36, 2)):  # 36 validation particles, then a tiny 18
+        model, metrics = fit(x[::2], y[::2], x[val], y[val], arch="resnet3d", n_classes=3, epochs=3,
+                             batch_size=6, device="cpu", arch_kwargs={"width": 4})
+        cal = metrics["calibration"]
+        logits = predict_logits(model, x[val], "cpu").double().numpy()
+        want = decide_temperature(logits, y[val])
+        assert cal["applied"] == want["applied"] and cal["reason"] == want["reason"]
+        assert cal["temperature"] == temperature_of(model) == pytest.approx(want["temperature"], rel=1e-4)
+        assert cal["n_val"] == len(y[val]) and cal["nll_after"] <= cal["nll_before"] + 1e-12
+        if cal["n_val"] < 20:
+            assert not cal["applied"] and temperature_of(model) == 1.0
+        else:
+            assert cal["fitted_temperature"] == pytest.approx(fit_temperature(logits, y[val]), rel=1e-4)
     _, no_val = fit(x, y, None, None, arch="resnet3d", n_classes=3, epochs=1, batch_size=6, device="cpu",
                     arch_kwargs={"width": 4})
-    assert no_val["calibration"] == {"temperature": 1.0, "fitted": False, "reason": "no validation split"}
+    assert no_val["calibration"] == {"temperature": 1.0, "applied": False, "fitted_temperature": None,
+                                     "reason": "no validation split", "n_val": 0}
 
 
 def _run(*args):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import h5py
 import numpy as np
 import pytest
 import torch
@@ -105,7 +106,7 @@ def test_bad_checkpoints(tmp_path) -> None:
 
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(np.random.default_rng(0).bytes(5000))
-    with pytest.raises(CryoalError, match="garbage.pt: not a readable cryoal checkpoint"):
+    with pytest.raises(CryoalError, match="garbage.pt: truncated or not a cryoal checkpoint"):
         load_model(garbage)
 
     model, meta = _model_and_meta()
@@ -113,8 +114,18 @@ def test_bad_checkpoints(tmp_path) -> None:
     save_checkpoint(good, model, meta)
     truncated = tmp_path / "truncated.pt"
     truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
-    with pytest.raises(CryoalError, match="truncated.pt: not a readable cryoal checkpoint"):
+    with pytest.raises(CryoalError, match="truncated.pt: truncated or not a cryoal checkpoint") as info:
         load_model(truncated)
+    message = str(info.value)  # one short line saying what to do, none of torch's internal text
+    assert "\n" not in message and len(message) - len(str(truncated)) < 150 and "cryoal train -o" in message
+    assert "miniz" not in message and "internal" not in message
+
+    pool = tmp_path / "pool.h5"  # `select -m pool.h5`: the file type is named, not UnpicklingError
+    with h5py.File(pool, "w") as f:
+        f["x"] = [1, 2]
+    with pytest.raises(CryoalError, match="pool.h5: an HDF5 file .a pool.., not a cryoal checkpoint") as info:
+        load_model(pool)
+    assert "Unpickling" not in str(info.value)
 
     not_dict = tmp_path / "list.pt"
     torch.save([1, 2, 3], not_dict)

@@ -59,8 +59,9 @@ def write_vols(directory: Path, n: int, box: int = 8, seed: int = 0, voxel: floa
     return vols
 
 
-def assert_one_error(res, *culprits: str) -> None:
-    assert res.exit_code == 1, res.output
+def assert_one_error(res, *culprits: str, code: int = 1) -> None:
+    """One `error:` line naming every culprit, exit `code` (2 for a usage error)."""
+    assert res.exit_code == code, res.output
     lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1, res.stderr
     assert lines[0].startswith("error: ")
@@ -242,7 +243,8 @@ def test_image_mode(tmp_path):
         assert list(p.particle_ids)[:2] == ["FoilHole_1234_Data_5678", "TS_01#1"]
         want = ref_zscore(fei.expected[0][48 // 2 - 16 : 48 // 2 + 16, 64 // 2 - 16 : 64 // 2 + 16])
         np.testing.assert_allclose(p.read([0])[0], want, atol=3e-5)
-    assert_one_error(run(fei.path, "-o", tmp_path / "s.h5", "--mode", "volumes"), "--mode volumes")
+    res = run(fei.path, "-o", tmp_path / "s.h5", "--mode", "volumes")
+    assert_one_error(res, "--mode must be one of subtomogram, image, segmentation (got 'volumes')", code=2)
     assert not (tmp_path / "s.h5").exists()
 
 
@@ -621,3 +623,29 @@ def test_crop_pad_against_index_loops():
     nan_outside[0, 0, 0] = math.nan  # cropped away, but the file is still damaged
     with pytest.raises(InputError, match="NaN or infinite"):
         fit_box(nan_outside, (7, 4, 9), "x")
+
+
+def test_an_image_given_to_subtomogram_mode_suggests_mode_image(tmp_path):
+    from PIL import Image
+
+    png = tmp_path / "x.png"
+    Image.fromarray(np.arange(256, dtype=np.uint8).reshape(16, 16)).save(png)
+    res = run(png, "-o", tmp_path / "pool.h5")
+    assert_one_error(res, "x.png: not an MRC file", "--mode image")
+    assert not (tmp_path / "pool.h5").exists()
+    mrc_like = tmp_path / "y.mrc"  # a bad MRC file is not sent to image mode
+    mrc_like.write_bytes(b"\0" * 100)
+    res = run(mrc_like, "-o", tmp_path / "pool.h5")
+    assert_one_error(res, "y.mrc: not an MRC file")
+    assert "--mode" not in res.stderr
+
+
+@pytest.mark.parametrize("option", ["--output", "--out", "-o"])
+def test_output_takes_every_spelling(tmp_path, option):
+    d = tmp_path / "in"
+    d.mkdir()
+    write_vols(d, 2)
+    res = run(d, option, tmp_path / "pool.h5")
+    assert res.exit_code == 0, res.output
+    with open_pool(tmp_path / "pool.h5") as p:
+        assert len(p) == 2

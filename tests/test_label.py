@@ -91,15 +91,28 @@ def test_unknown_id_rejects_whole_file(tmp_path):
 def test_unknown_class_needs_add_classes(tmp_path):
     pool = make_pool(tmp_path / "pool.h5")
     before = digest(pool)
-    csv = write_csv(tmp_path / "l.csv", "particle_id,label\np1,ribosome\np2,tric\np3,apo\np4,4\n")
+    csv = write_csv(tmp_path / "l.csv", "particle_id,label\np1,ribosome\np2,tric\np3,apo\np4,3\n")
     assert_one_error(run(pool, csv), "l.csv", "unknown class", "--add-classes")
     assert digest(pool) == before
     res = run(pool, csv, "--add-classes")
     assert res.exit_code == 0, res.output
-    assert "new classes: 4, apo, tric" in res.stdout  # "4" is beyond 1..3, so a new name; sorted
+    assert "new classes: apo, tric" in res.stdout  # sorted
     with open_pool(pool) as p:
-        assert p.class_names == ["ribosome", "proteasome", "empty", "4", "apo", "tric"]
-        assert list(p.labels[1:5]) == [0, 5, 4, 3]
+        assert p.class_names == ["ribosome", "proteasome", "empty", "apo", "tric"]
+        assert list(p.labels[1:5]) == [0, 4, 3, 2]
+
+
+@pytest.mark.parametrize("number", ["4", "6", "0"])
+def test_a_number_out_of_range_is_refused_even_with_add_classes(tmp_path, number):
+    """A number is a class number: beyond 1..C it is a mistake, never a new class called "6"."""
+    pool = make_pool(tmp_path / "pool.h5")
+    before = digest(pool)
+    csv = write_csv(tmp_path / "l.csv", f"particle_id,label\np1,ribosome\np2,tric\np4,{number}\n")
+    for extra in ((), ("--add-classes",)):
+        res = run(pool, csv, *extra)
+        assert_one_error(res, "l.csv", f"label '{number}' is a class number out of range", "1-3",
+                         "even with --add-classes")
+        assert digest(pool) == before
 
 
 def test_pool_without_classes_takes_new_names(tmp_path):
@@ -193,10 +206,13 @@ def test_api_matches_a_slow_reference(tmp_path):
 def test_resolve_labels_rules():
     idx, names = resolve_labels(["b", "2", "", " a ", "3"], ["a", "b", "c"], add_classes=False, where="x")
     assert list(idx) == [1, 1, -1, 0, 2] and names == ["a", "b", "c"]
-    with pytest.raises(InputError, match="x: unknown class '4'"):
-        resolve_labels(["4"], ["a", "b", "c"], add_classes=False, where="x")
-    with pytest.raises(InputError, match="unknown class '0'"):
-        resolve_labels(["0"], ["a"], add_classes=False, where="x")
+    for add in (False, True):
+        with pytest.raises(InputError, match="x: label '4' is a class number out of range"):
+            resolve_labels(["4"], ["a", "b", "c"], add_classes=add, where="x")
+        with pytest.raises(InputError, match="label '0' is a class number out of range"):
+            resolve_labels(["0"], ["a"], add_classes=add, where="x")
+    idx, names = resolve_labels(["3", "1"], [], add_classes=False, where="x")  # no classes yet: names
+    assert names == ["1", "3"] and list(idx) == [1, 0]
     idx, names = resolve_labels(["z", "y", "z"], [], add_classes=False, where="x")
     assert names == ["y", "z"] and list(idx) == [1, 0, 1]
 
@@ -212,3 +228,10 @@ def test_pool_api_module_sets_labels(tmp_path):
         assert list(p.labels) == [-1, -1, 2, -1, -1, 0, -1, -1]
         batches = list(p.iter_batches(3))
         assert [len(i) for i, _ in batches] == [3, 3, 2]
+
+
+def test_a_directory_for_the_table_is_named(tmp_path):
+    pool = make_pool(tmp_path / "pool.h5")
+    (tmp_path / "adir").mkdir()
+    res = run(pool, tmp_path / "adir")
+    assert_one_error(res, "adir: is a directory; give a table file (CSV, TSV or STAR)")

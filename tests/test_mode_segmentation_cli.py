@@ -150,7 +150,7 @@ def test_sampled_expected_is_reproducible_and_depends_on_samples(mem, tmp_path):
         files.append(out.read_text())
     assert files[0] == files[1] and files[0] != files[2]
     assert_one_error(cli("select", mem["pool"], "-m", mem["model"], "-n", "1", "-o", tmp_path / "x.csv",
-                         "--samples", "0"), "--samples")
+                         "--samples", "0"), "--samples must be at least 1", code=2)
 
 
 @pytest.mark.parametrize("suffix", [".npy", ".mrc"])

@@ -151,7 +151,7 @@ def test_predict_bad_input(tmp_path, case) -> None:
     want = {
         "box": "trained on particles of shape (10, 10, 10)",
         "mode": "trained in subtomogram mode",
-        "corrupt": "m.pt: not a readable cryoal checkpoint",
+        "corrupt": "m.pt: truncated or not a cryoal checkpoint",
         "missing_model": "model file not found",
         "no_dir": "does not exist",
         "missing_pool": "pool file not found",

@@ -219,8 +219,9 @@ def test_failure_leaves_no_partial_file(env, tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.csv"]
 
 
-def _error_line(r) -> str:
-    assert r.exit_code == 1, (r.exit_code, r.stdout, r.stderr)
+def _error_line(r, code: int = 1) -> str:
+    """The one `error:` line of a failed run that exited `code` (2: a usage error)."""
+    assert r.exit_code == code, (r.exit_code, r.stdout, r.stderr)
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in r.stderr
     return lines[0]
@@ -232,8 +233,8 @@ def test_bad_inputs(env, tmp_path):
     out = tmp_path / "o.csv"
     common = ["-o", out, "--device", "cpu"]
 
-    line = _error_line(run(pool, "-m", model, "-n", 2, "--scheme", "nope", *common))
-    assert "unknown scheme 'nope'" in line
+    line = _error_line(run(pool, "-m", model, "-n", 2, "--scheme", "nope", *common), code=2)
+    assert "--scheme must be one of expected, entropy" in line and "(got 'nope')" in line
     assert "-n 22 is larger than" in _error_line(run(pool, "-m", model, "-n", 22, *common))
     assert "--pool-subset" in _error_line(run(pool, "-m", model, "-n", 9, "--pool-subset", 8, *common))
 
@@ -250,7 +251,7 @@ def test_bad_inputs(env, tmp_path):
     bad.write_bytes(b"not a checkpoint at all")
     assert "corrupt.pt" in _error_line(run(pool, "-m", bad, "-n", 2, *common))
 
-    assert "--norm" in _error_line(run(pool, "-m", model, "-n", 2, "--norm", "l1", *common))
+    assert "--norm" in _error_line(run(pool, "-m", model, "-n", 2, "--norm", "l1", *common), code=2)
     assert not out.exists()
 
 
@@ -309,14 +310,13 @@ def test_balance_refuses_batch_schemes(env, tmp_path, scheme):
     d, _ = env
     r = run(d / "pool.h5", "-m", d / "model.pt", "--scheme", scheme, "-n", 3, "-o", tmp_path / "o.csv",
             "--device", "cpu", "--balance")
-    assert r.exit_code == 1
-    assert "--balance applies to score-based schemes" in _error_line(r)
+    assert "--balance applies to score-based schemes" in _error_line(r, code=2)
     assert not (tmp_path / "o.csv").exists()
 
 
 @pytest.mark.parametrize("extra,message", [
     (("--scheme", "badge", "--pick", "power"), "--pick power applies to score-based schemes"),
-    (("--pick", "best"), "--pick best: unknown pick"),
+    (("--pick", "best"), "--pick must be one of top, power, softrank"),
     (("--pick", "power", "--beta", "0"), "--beta 0.0: must be a finite number above 0"),
     (("--pick", "power", "--beta", "-2"), "--beta -2.0"),
     (("--pick", "power", "--balance"), "cannot be combined"),
@@ -324,8 +324,7 @@ def test_balance_refuses_batch_schemes(env, tmp_path, scheme):
 def test_bad_picks_are_one_line(env, tmp_path, extra, message):
     d, _ = env
     r = run(d / "pool.h5", "-m", d / "model.pt", "-n", 3, "-o", tmp_path / "o.csv", "--device", "cpu", *extra)
-    assert r.exit_code == 1, r.output
-    assert message in _error_line(r)
+    assert message in _error_line(r, code=2)  # options that do not go together: a usage error
     assert not (tmp_path / "o.csv").exists()
 
 
@@ -338,8 +337,7 @@ def test_power_on_a_scheme_with_signed_scores_is_refused(env, tmp_path, monkeypa
     d, _ = env
     r = run(d / "pool.h5", "-m", d / "model.pt", "--scheme", "signed", "-n", 3, "-o", tmp_path / "o.csv",
             "--device", "cpu", "--pick", "power")
-    assert r.exit_code == 1
-    assert "signed scores can be negative; use --pick softrank" in _error_line(r)
+    assert "signed scores can be negative; use --pick softrank" in _error_line(r, code=2)
 
 
 @pytest.mark.parametrize("pick", ["power", "softrank", "power-balanced", "classnorm"])

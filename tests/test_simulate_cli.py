@@ -88,7 +88,8 @@ def test_refuses_non_empty_dir_and_force_replaces_only_our_files(tmp_path):
     assert (out / "notes.txt").read_text() == "mine"
 
 
-def test_bad_options_exit_1_with_one_line(tmp_path):
+def test_bad_options_exit_2_with_one_line(tmp_path):
+    """A bad option value is a usage error (exit 2), whether the parser or the simulator finds it."""
     cases = [
         (["--snr", "0"], "--snr"),
         (["--tilt-range", "0"], "--tilt-range"),
@@ -99,7 +100,7 @@ def test_bad_options_exit_1_with_one_line(tmp_path):
     ]
     for i, (args, culprit) in enumerate(cases):
         res = _run(str(tmp_path / f"o{i}"), *args)
-        assert res.exit_code == 1, (args, res.output)
+        assert res.exit_code == 2, (args, res.output)
         assert res.stderr.count("\n") == 1 and culprit in res.stderr and "Traceback" not in res.stderr
         assert not (tmp_path / f"o{i}").exists()  # nothing written
     res = _run(str(tmp_path / "missing" / "out"))

@@ -140,4 +140,4 @@ def test_wedge_ctf_and_noise_on_whole_tomogram():
 def test_cannot_place_too_many_is_a_clear_error(tmp_path):
     res = CliRunner().invoke(app, ["simulate", str(tmp_path / "o"), "--tomograms", "1", "--tomo-shape",
                                    "40,40,24", "--per-class", "40", "--voxel-size", "20"])
-    assert res.exit_code == 1 and "--per-class" in res.stderr and "cannot place" in res.stderr
+    assert res.exit_code == 2 and "--per-class" in res.stderr and "cannot place" in res.stderr

@@ -161,4 +161,4 @@ def test_both_formats_write_both_or_neither(star_pool, tmp_path):
     assert [r["particle_id"] for r in rows] == parts["rlnCryoalParticleId"].astype(str).tolist()
     bad = CliRunner().invoke(app, ["select", str(d / "pool.h5"), "-m", str(d / "model.pt"), "-n", "3",
                                    "--format", "xml", "-o", str(tmp_path / "x.csv")])
-    assert bad.exit_code == 1 and "--format xml" in bad.output
+    assert bad.exit_code == 2 and "--format must be one of csv, star, both (got 'xml')" in bad.output

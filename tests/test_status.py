@@ -160,3 +160,58 @@ def test_bundled_sample_data_ingest_label_status(tmp_path):
         for i in (0, len(p) - 1):
             raw = mrcfile.read(p.sources[i]).astype(np.float64)
             np.testing.assert_allclose(p.read([i])[0], (raw - raw.mean()) / raw.std(), atol=2e-5)
+
+
+def _corrupt_chunk(pool: Path, index: int) -> None:
+    """Overwrite the middle of particle `index`'s compressed chunk on disk (a damaged file)."""
+    with h5py.File(pool, "r") as h5:
+        info = h5["volumes"].id.get_chunk_info_by_coord((index, 0, 0, 0))
+    with open(pool, "r+b") as fh:
+        fh.seek(info.byte_offset + info.size // 4)
+        fh.write(b"\xff" * (info.size // 2))
+
+
+def _plain_pool(path: Path, compression: str | None) -> Path:
+    vols = np.random.default_rng(1).standard_normal((6, 8, 8, 8)).astype(np.float32)
+    with PoolWriter(path, shape=(8, 8, 8), compression=compression) as w:
+        w.add(vols, [f"p{i}" for i in range(6)], [f"/d/{i}.mrc" for i in range(6)])
+    return path
+
+
+def test_status_check_finds_corrupted_volume_data(tmp_path):
+    pool = _plain_pool(tmp_path / "pool.h5", "gzip")
+    ok = cli("status", pool, "--check", "--json")
+    assert ok.exit_code == 0, ok.output
+    assert json.loads(ok.stdout)["check"] == {"checked": 6, "n_bad": 0, "bad": []}
+    assert "all 6 read back, finite" in cli("status", pool, "--check").stdout
+
+    _corrupt_chunk(pool, 4)
+    assert cli("status", pool).exit_code == 0  # the index is intact: plain status does not read volumes
+    res = cli("status", pool, "--check")
+    assert res.exit_code == 1 and res.stdout == ""
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"error: {pool}: volume data of 1 of 6 particles is bad")
+    assert "particle 'p4' (index 4) cannot be read" in lines[0] and "Traceback" not in res.output
+
+
+def test_status_check_finds_non_finite_values(tmp_path):
+    pool = _plain_pool(tmp_path / "pool.h5", None)
+    with h5py.File(pool, "r+") as h5:
+        h5["volumes"][2, 1, 1, 1] = np.nan
+        h5["volumes"][5, 0, 0, 0] = np.inf
+    res = cli("status", pool, "--check")
+    assert res.exit_code == 1
+    assert "volume data of 2 of 6 particles is bad; first: particle 'p2' (index 2) holds NaN" in res.stderr
+
+
+def test_check_volumes_reads_in_batches_and_names_each_bad_particle(tmp_path, monkeypatch):
+    import cryoal.io.summary as summary
+
+    pool = _plain_pool(tmp_path / "pool.h5", "gzip")
+    for i in (1, 3):
+        _corrupt_chunk(pool, i)
+    for batch_bytes in (8**3 * 4, 8**3 * 4 * 4, 2**30):  # one particle, four, everything per read
+        monkeypatch.setattr(summary, "_CHECK_BYTES", batch_bytes)
+        got = summary.check_volumes(pool)
+        assert got["checked"] == 6 and got["n_bad"] == 2
+        assert [b["particle_id"] for b in got["bad"]] == ["p1", "p3"]

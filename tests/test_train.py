@@ -284,20 +284,20 @@ def test_cli_train_json_and_checkpoint(tmp_path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("labels", "extra", "message"),
-    [
-        ([-1] * 6, [], "no labelled particles"),
-        ([1, 1, 1, -1, -1, -1], [], "needs at least 2 classes with labels, found only 'pair'"),
-        ([0, 1, -1, -1, -1, -1], [], "too few labels for a validation split.*--val-fraction 0"),
-        ([0, 1, 0, 1, 0, 1], ["--arch", "vgg"], "unknown architecture 'vgg'"),
-        ([0, 1, 0, 1, 0, 1], ["--device", "tpu"], "--device tpu"),
+    ("labels", "extra", "message", "code"),
+    [  # the pool's labels are the data's fault (exit 1); a bad option value is a usage error (2)
+        ([-1] * 6, [], "no labelled particles", 1),
+        ([1, 1, 1, -1, -1, -1], [], "needs at least 2 classes with labels, found only 'pair'", 1),
+        ([0, 1, -1, -1, -1, -1], [], "too few labels for a validation split.*--val-fraction 0", 1),
+        ([0, 1, 0, 1, 0, 1], ["--arch", "vgg"], "--arch: unknown architecture 'vgg'", 2),
+        ([0, 1, 0, 1, 0, 1], ["--device", "tpu"], "--device must be one of auto, cpu, cuda.*got 'tpu'", 2),
     ],
 )
-def test_cli_bad_input(tmp_path, labels, extra, message) -> None:
+def test_cli_bad_input(tmp_path, labels, extra, message, code) -> None:
     pool = tmp_path / "pool.h5"
     make_pool(pool, labels)
     r = run(pool, "-o", tmp_path / "m.pt", "--epochs", "1", *extra)
-    assert r.exit_code == 1
+    assert r.exit_code == code
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ")
     import re
@@ -366,3 +366,20 @@ def test_batch_size_below_two_is_refused(tmp_path) -> None:
     make_pool(pool, [0, 1] * 4)
     r = run(pool, "-o", tmp_path / "m.pt", "--batch-size", "1")
     assert r.exit_code == 2 and not (tmp_path / "m.pt").exists()  # a usage error, caught by the parser
+
+
+def test_cli_epoch_line_shows_the_val_loss_that_breaks_ties(tmp_path) -> None:
+    """The best epoch can move while val accuracy is flat (ties go to the lower val loss): each
+    epoch's line shows that loss, and --help says how ties are broken."""
+    pool = tmp_path / "pool.h5"
+    make_pool(pool, [0, 1] * 8)
+    r = run(pool, "-o", tmp_path / "m.pt", "--epochs", "3", "--batch-size", "8", "--json")
+    assert r.exit_code == 0, r.stderr
+    history = json.loads(r.stdout)["history"]
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("epoch ")]
+    assert len(lines) == len(history) == 3
+    for line, h in zip(lines, history, strict=True):
+        assert f"val loss {h['val_loss']:.4f}  val acc {h['val_accuracy']:.3f}" in line, line
+        assert f"best epoch {h['best_epoch']} " in line
+    help_text = " ".join(run("--help").stdout.split())
+    assert "ties go to the lower validation loss" in help_text

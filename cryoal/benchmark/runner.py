@@ -21,7 +21,7 @@ from cryoal.benchmark.report import (
     write_summary,
 )
 from cryoal.benchmark.truth import load_truth
-from cryoal.errors import CryoalError
+from cryoal.errors import CryoalError, OptionError
 from cryoal.io.pool import open_pool
 
 RUN_JSON = "run.json"
@@ -94,7 +94,7 @@ def run_cli(pool_path: Path, truth_path: Path, out: Path, console, *, resume: bo
     history = check_resumable(out, config, pool_path, truth_path) if resume else []
     with open_pool(pool_path) as pool:
         if arch is not None and arch not in mode.archs:
-            raise CryoalError(f"--arch {arch}: not a {mode.name} architecture; choose one of "
+            raise OptionError(f"--arch {arch}: not a {mode.name} architecture; choose one of "
                               f"{', '.join(mode.archs)}")
         data = load_truth(pool, truth_path)
         make_split(data.truth, 0, config)  # bad sizes fail here, before OUT is touched

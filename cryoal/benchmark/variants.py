@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from cryoal.errors import CryoalError
+from cryoal.errors import OptionError
 from cryoal.scoring.names import BATCH_SCHEMES
 from cryoal.scoring.picks import PICKS
 
@@ -32,23 +32,23 @@ class Variant:
 
 
 def parse_variant(name: str, known: tuple[str, ...], batch: tuple[str, ...] = BATCH_SCHEMES) -> Variant:
-    """The Variant a benchmark scheme name stands for; CryoalError naming what is wrong."""
+    """The Variant a benchmark scheme name stands for; OptionError naming what is wrong."""
     parts = name.split(":")
     calibrated = True
     if len(parts) > 1 and parts[-1] == UNCALIBRATED:
         calibrated, parts = False, parts[:-1]
     if len(parts) > 2:
-        raise CryoalError(f"--schemes: '{name}': expected <scheme>[:<pick>][:{UNCALIBRATED}]")
+        raise OptionError(f"--schemes: '{name}': expected <scheme>[:<pick>][:{UNCALIBRATED}]")
     scheme, pick = parts[0], (parts[1] if len(parts) == 2 else None)
     if pick is None and scheme.endswith(BALANCED_SUFFIX) and scheme not in known:
         scheme, pick = scheme.removesuffix(BALANCED_SUFFIX), "balanced"
     if scheme not in known:
-        raise CryoalError(f"--schemes: unknown scheme '{name}'; choose from {', '.join(known)}, "
+        raise OptionError(f"--schemes: unknown scheme '{name}'; choose from {', '.join(known)}, "
                           f"optionally as <scheme>:<pick>[:{UNCALIBRATED}]")
     if pick is not None and pick not in PICKS:
-        raise CryoalError(f"--schemes: '{name}': unknown pick '{pick}'; choose from {', '.join(PICKS)}")
+        raise OptionError(f"--schemes: '{name}': unknown pick '{pick}'; choose from {', '.join(PICKS)}")
     if pick is not None and scheme in batch:
-        raise CryoalError(f"--schemes: '{name}': {scheme} already builds a diverse batch; "
+        raise OptionError(f"--schemes: '{name}': {scheme} already builds a diverse batch; "
                           "a pick applies to score-based schemes")
     return Variant(name, scheme, pick, calibrated)
 

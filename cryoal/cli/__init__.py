@@ -22,10 +22,12 @@ from cryoal.cli import (  # noqa: F401  (imported for their registration side ef
     benchmark,
 )
 from cryoal.cli.app import app
+from cryoal.io.signals import install_sigterm_handler
 
 
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point. SIGTERM is handled like Ctrl-C (`cryoal.io.signals`)."""
+    install_sigterm_handler()
     app()
 
 

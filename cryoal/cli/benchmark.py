@@ -6,9 +6,11 @@ from pathlib import Path
 
 import typer
 
+from cryoal.benchmark.variants import BALANCED_SUFFIX, UNCALIBRATED
 from cryoal.cli.app import command, stderr_console
-from cryoal.errors import CryoalError
-from cryoal.scoring.names import BATCH_SCHEMES, SCHEME_NAMES
+from cryoal.cli.options import choice_option, device_option, norm_names, output_option, scheme_names
+from cryoal.errors import CryoalError, OptionError
+from cryoal.scoring.names import BATCH_SCHEMES
 
 
 def parse_schemes(text: str | None, known: tuple[str, ...]) -> list[str]:
@@ -25,23 +27,16 @@ def parse_schemes(text: str | None, known: tuple[str, ...]) -> list[str]:
     for name in names:
         parse_variant(name, known, BATCH_SCHEMES)
     if not names:
-        raise CryoalError("--schemes: no scheme given")
+        raise OptionError("--schemes: no scheme given")
     return names
 
 
-def _check_options(out: Path, resume: bool, **values) -> None:
-    for name in ("seeds", "cycles", "epochs", "batch_size"):
-        if values[name] < 1:
-            raise CryoalError(f"--{name.replace('_', '-')}: must be at least 1, got {values[name]}")
-    for name in ("initial", "budget"):
-        if values[name] < 1:
-            raise CryoalError(f"--{name}: must be at least 1, got {values[name]}")
-    if not 0 < values["test_fraction"] < 1:
-        raise CryoalError(f"--test-fraction: must be between 0 and 1, got {values['test_fraction']}")
-    if not 0 <= values["val_fraction"] < 1:
-        raise CryoalError(f"--val-fraction: must be in [0, 1), got {values['val_fraction']}")
-    if values["warm_epochs"] is not None and values["warm_epochs"] < 1:
-        raise CryoalError(f"--warm-epochs: must be at least 1, got {values['warm_epochs']}")
+def _check_options(out: Path, resume: bool, test_fraction: float, val_fraction: float) -> None:
+    """What the parser cannot check: open intervals, and the output directory."""
+    if not 0 < test_fraction < 1:
+        raise OptionError(f"--test-fraction must be between 0 and 1, both excluded (got {test_fraction:g})")
+    if not val_fraction < 1:
+        raise OptionError(f"--val-fraction must be less than 1 (got {val_fraction:g})")
     if not out.parent.is_dir():
         raise CryoalError(f"{out}: directory {out.parent} does not exist")
     if out.exists() and not out.is_dir():
@@ -54,33 +49,46 @@ def _check_options(out: Path, resume: bool, **values) -> None:
 def benchmark(
     pool: Path = typer.Argument(..., help="The pool (HDF5), only read: labels are revealed in memory."),
     truth: Path = typer.Option(..., "--truth", help="CSV/STAR: particle_id,label of EVERY pool particle."),
-    out: Path = typer.Option(..., "-o", "--out", help="Output directory (created if missing)."),
+    out: Path = output_option("Output directory (created if missing)."),
     schemes: str = typer.Option(
-        None, "--schemes", help="Comma list of schemes [default: all]; a score-based scheme with "
-        "-balanced (e.g. expected-balanced) picks class-balanced."
+        None, "--schemes", help="Comma list of schemes [default: every select --scheme]. Each is "
+        f"SCHEME[:PICK][:{UNCALIBRATED}]: a select --scheme, optionally with a select --pick "
+        f"(score-based schemes) and :{UNCALIBRATED} for --no-calibration, e.g. expected:power or "
+        f"margin:balanced:{UNCALIBRATED}; SCHEME{BALANCED_SUFFIX} is SCHEME:balanced."
     ),
-    seeds: int = typer.Option(3, "--seeds", help="Number of seeds (0..N-1): splits, initial set, training."),
-    initial: int = typer.Option(50, "--initial", help="Initial labelled set (class-balanced, random)."),
-    budget: int = typer.Option(50, "--budget", help="Labels added per cycle."),
-    cycles: int = typer.Option(5, "--cycles", help="Training rounds (cycle 0 uses the initial set)."),
-    test_fraction: float = typer.Option(0.2, "--test-fraction", help="Stratified test split."),
+    seeds: int = typer.Option(
+        3, "--seeds", min=1, help="Number of seeds (0..N-1): splits, initial set, training."
+    ),
+    initial: int = typer.Option(
+        50, "--initial", min=1, help="Initial labelled set (class-balanced, random)."
+    ),
+    budget: int = typer.Option(50, "--budget", min=1, help="Labels added per cycle."),
+    cycles: int = typer.Option(5, "--cycles", min=1, help="Training rounds (cycle 0 uses the initial set)."),
+    test_fraction: float = typer.Option(
+        0.2, "--test-fraction", min=0.0, max=1.0, help="Stratified test split."
+    ),
     val_fraction: float = typer.Option(
-        0.2, "--val-fraction", help="Validation split of the LABELLED set for early stopping (0: none)."
+        0.2, "--val-fraction", min=0.0, max=1.0,
+        help="Validation split of the LABELLED set for early stopping (0: none).",
     ),
-    epochs: int = typer.Option(20, "--epochs", help="Training epochs per cycle."),
-    batch_size: int = typer.Option(16, "--batch-size", help="Training batch size."),
+    epochs: int = typer.Option(20, "--epochs", min=1, help="Training epochs per cycle."),
+    batch_size: int = typer.Option(16, "--batch-size", min=1, help="Training batch size."),
     arch: str = typer.Option(None, "--arch", help="Model architecture [default: the train default]."),
-    width: int = typer.Option(None, "--width", help="Channel width of the arch [default: the arch's]."),
-    lr: float = typer.Option(1e-3, "--lr", help="AdamW learning rate."),
-    patience: int = typer.Option(0, "--patience", help="Early-stopping patience in epochs (0: off)."),
+    width: int = typer.Option(
+        None, "--width", min=1, help="Channel width of the arch [default: the arch's]."
+    ),
+    lr: float = typer.Option(1e-3, "--lr", min=0.0, help="AdamW learning rate."),
+    patience: int = typer.Option(0, "--patience", min=0, help="Early-stopping patience in epochs (0: off)."),
     warm_start: bool = typer.Option(False, "--warm-start", help="Fine-tune the previous cycle's model."),
     warm_epochs: int = typer.Option(
-        None, "--warm-epochs", help="Epochs of a fine-tuning cycle [default: --epochs]."
+        None, "--warm-epochs", min=1, help="Epochs of a fine-tuning cycle [default: --epochs]."
     ),
-    mc_passes: int = typer.Option(20, "--mc-passes", help="MC-dropout passes for bald."),
+    mc_passes: int = typer.Option(20, "--mc-passes", min=1, help="MC-dropout passes for bald."),
     beta: float = typer.Option(1.0, "--beta", help="Exponent of the sampled picks (e.g. expected:power)."),
-    norm: str = typer.Option("l2", "--norm", help="Gradient norm for expected/entropy: l2 or tensor-sum."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    norm: str = choice_option(
+        "l2", "--norm", choices=norm_names, help="Gradient norm for expected/entropy: l2 or tensor-sum."
+    ),
+    device: str = device_option(),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in OUT (same options)."),
     augment: bool = typer.Option(
         True, "--augment/--no-augment",
@@ -97,11 +105,8 @@ def benchmark(
     from cryoal.benchmark.runner import run_cli
     from cryoal.io.logjson import EventLog
 
-    known = SCHEME_NAMES
-    names = parse_schemes(schemes, known)
-    _check_options(out, resume, seeds=seeds, cycles=cycles, epochs=epochs, batch_size=batch_size,
-                   initial=initial, budget=budget, test_fraction=test_fraction, val_fraction=val_fraction,
-                   warm_epochs=warm_epochs)
+    names = parse_schemes(schemes, scheme_names())
+    _check_options(out, resume, test_fraction, val_fraction)
     from cryoal.scoring.picks import check_pick
 
     check_pick("power", beta)  # --beta must be > 0 whatever the picks

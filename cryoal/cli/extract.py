@@ -9,7 +9,8 @@ from pathlib import Path
 import typer
 
 from cryoal.cli.app import command, stderr_console
-from cryoal.errors import CryoalError
+from cryoal.cli.options import output_option
+from cryoal.errors import OptionError
 
 
 def _names(text: str | None) -> list[str] | None:
@@ -58,7 +59,7 @@ def extract(
         "(OME-Zarr), a STAR/CSV listing rlnTomoName,rlnTomoReconstructedTomogram or tomo,path, or one "
         "MRC file or .zarr directory.",
     ),
-    out: Path = typer.Option(..., "-o", "--out", help="Pool file to write (HDF5)."),
+    out: Path = output_option("Pool file to write (HDF5)."),
     box: int = typer.Option(32, "--box", min=2, help="Box size in voxels, after binning."),
     bin_factor: int = typer.Option(
         1, "--bin", min=1, help="Cut bin·box voxels and bin to box by Fourier cropping."
@@ -122,7 +123,7 @@ def extract(
         for flag, value in (("PICKS", picks), ("--tomograms", tomograms),
                             ("--coord-pixel-size", coord_pixel_size), ("--tomo-pixel-size", tomo_pixel_size)):
             if value is not None:
-                raise CryoalError(f"{flag}: not used with --copick (the project gives picks and tomograms)")
+                raise OptionError(f"{flag}: not used with --copick (the project gives picks and tomograms)")
         from cryoal.copick.source import CopickOptions, plan_copick
 
         plan = plan_copick(CopickOptions(
@@ -132,9 +133,9 @@ def extract(
     else:
         used = next((flag for flag, value in copick_flags.items() if value is not None), None)
         if used is not None:
-            raise CryoalError(f"{used}: only with --copick CONFIG.json")
+            raise OptionError(f"{used}: only with --copick CONFIG.json")
         if picks is None or tomograms is None:
-            raise CryoalError("give PICKS and --tomograms, or --copick CONFIG.json")
+            raise OptionError("give PICKS and --tomograms, or --copick CONFIG.json")
         plan = plan_extraction(picks, tomograms, options, warn)
     with Progress(
         TextColumn("extracting"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),

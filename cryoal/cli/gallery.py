@@ -7,8 +7,8 @@ from pathlib import Path
 import typer
 
 from cryoal.cli.app import command, stderr_console
-
-USAGE_ERROR = 2
+from cryoal.cli.options import output_option
+from cryoal.errors import OptionError
 
 
 @command(
@@ -19,9 +19,7 @@ USAGE_ERROR = 2
 )
 def gallery(
     pool: Path = typer.Argument(..., help="Pool file (HDF5)."),
-    out: Path = typer.Option(
-        ..., "-o", "--out", help="Output directory (created; a previous gallery is replaced)."
-    ),
+    out: Path = output_option("Output directory (created; a previous gallery is replaced)."),
     from_csv: Path = typer.Option(
         None, "--from", help="Ranked selection CSV from `cryoal select` (shown in rank order)."
     ),
@@ -39,7 +37,8 @@ def gallery(
         None, "--slab", min=1, help="Slab thickness in voxels averaged for each view (default: box/4)."
     ),
     lowpass: float = typer.Option(
-        None, "--lowpass", help="Low-pass filter in Å; 0 = off (default: 3.5 voxels: 35 Å at 10 Å/voxel)."
+        None, "--lowpass", min=0.0,
+        help="Low-pass filter in Å; 0 = off (default: 3.5 voxels: 35 Å at 10 Å/voxel).",
     ),
     clip: float = typer.Option(
         1.0, "--clip", min=0.0, max=49.0, help="Contrast: clip this percentage at each end."
@@ -67,8 +66,7 @@ def gallery(
                                     ("--labelled", labelled)) if on]
     if len(chosen) != 1:
         what = "give one of" if not chosen else f"{' and '.join(chosen)} conflict; give only one of"
-        typer.echo(f"error: {what} --from CSV, --ids LIST or --labelled", err=True)
-        raise typer.Exit(USAGE_ERROR)
+        raise OptionError(f"{what} --from CSV, --ids LIST or --labelled")
 
     console = stderr_console()
     with open_pool(pool) as p:

@@ -7,8 +7,15 @@ from pathlib import Path
 import typer
 
 from cryoal.cli.app import command, stderr_console
+from cryoal.cli.options import choice_option, output_option
 
 _COMPRESSIONS = ("none", "lzf", "gzip")
+
+
+def _ingest_modes() -> tuple[str, ...]:
+    from cryoal.ingest import INGEST_MODES
+
+    return INGEST_MODES
 
 
 @command(
@@ -23,17 +30,18 @@ def ingest(
         help="MRC files (image modes: also PNG, TIFF, NPY), directories (searched recursively), "
         "quoted globs, or STAR/CSV manifests."
     ),
-    output: Path = typer.Option(..., "-o", "--output", help="Pool file (HDF5) to write."),
+    output: Path = output_option("Pool file (HDF5) to write."),
     box: int | None = typer.Option(
-        None, "--box", help="Crop/pad every volume (centred) to this size. Default: the first volume's size."
+        None, "--box", min=1,
+        help="Crop/pad every volume (centred) to this size. Default: the first volume's size.",
     ),
     append: bool = typer.Option(False, "--append", help="Add to an existing pool."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing pool."),
     skip_bad: bool = typer.Option(
         False, "--skip-bad", help="Skip bad files (reported on stderr) instead of stopping, writing nothing."
     ),
-    mode: str = typer.Option(
-        "subtomogram", "--mode",
+    mode: str = choice_option(
+        "subtomogram", "--mode", choices=_ingest_modes,
         help="subtomogram (3D volumes), image (2D images) or segmentation (2D images or 3D patches + masks)."
     ),
     masks: Path | None = typer.Option(
@@ -55,26 +63,21 @@ def ingest(
     voxel_size: float | None = typer.Option(
         None, "--voxel-size", help="Voxel size in Å to record (default: from the MRC headers)."
     ),
-    compression: str = typer.Option(
-        "none", "--compression",
+    compression: str = choice_option(
+        "none", "--compression", choices=_COMPRESSIONS,
         help="Pool volume compression: none, lzf or gzip (noisy data hardly shrinks)."
     ),
     batch_size: int | None = typer.Option(
-        None, "--batch-size", help="Volumes written at a time (default: ~32 MB).", hidden=True
+        None, "--batch-size", min=1, help="Volumes written at a time (default: ~32 MB).", hidden=True
     ),
 ) -> None:
     """Read MRC volumes (or 2D images, or images with masks), crop/pad to the box, z-score each one,
     and write (or grow) the pool."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from cryoal.errors import CryoalError
     from cryoal.ingest import IngestOptions
     from cryoal.ingest import ingest as run_ingest
 
-    if compression not in _COMPRESSIONS:
-        raise CryoalError(f"--compression {compression}: choose one of {', '.join(_COMPRESSIONS)}")
-    if batch_size is not None and batch_size < 1:
-        raise CryoalError(f"--batch-size {batch_size}: must be at least 1")
     opts = IngestOptions(
         box=box, mode=mode, append=append, overwrite=overwrite, skip_bad=skip_bad, stack=stack,
         id_column=id_column, label_column=label_column, voxel_size=voxel_size, batch_size=batch_size,

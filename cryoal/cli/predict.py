@@ -8,22 +8,24 @@ from pathlib import Path
 import typer
 
 from cryoal.cli.app import command, stderr_console
+from cryoal.cli.options import choice_option, device_option, output_option
+from cryoal.select import FORMATS
 
 
 @command(epilog="Example: cryoal predict pool.h5 -m model.pt -o predictions.csv")
 def predict(
     pool: Path = typer.Argument(..., help="Pool file (HDF5)."),
     model: Path = typer.Option(..., "-m", "--model", help="Model checkpoint from `cryoal train`."),
-    output: Path = typer.Option(..., "-o", "--output", help="CSV to write."),
+    output: Path = output_option("CSV to write."),
     batch_size: int = typer.Option(64, "--batch-size", min=1, help="Particles per inference batch."),
-    device: str = typer.Option("auto", "--device", help="auto (CUDA if present), cpu or cuda."),
+    device: str = device_option(),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object on stdout."),
     masks: Path | None = typer.Option(
         None, "--masks", help="Segmentation: where the predicted masks go (.npy or .mrc; default: "
         "<output stem>_masks.npy). The CSV then holds each image's mean confidence."
     ),
-    fmt: str = typer.Option(
-        "csv", "--format",
+    fmt: str = choice_option(
+        "csv", "--format", choices=FORMATS,
         help="csv, star (RELION particle STAR with rlnClassNumber, at -o) or both (STAR beside the CSV).",
     ),
     no_calibration: bool = typer.Option(

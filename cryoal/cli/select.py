@@ -8,41 +8,48 @@ from pathlib import Path
 import typer
 
 from cryoal.cli.app import command, stderr_console
-from cryoal.scoring.names import SCHEME_NAMES
-from cryoal.scoring.picks import DEFAULT_PICK, PICK_HELP
-from cryoal.select import DEFAULT_N
+from cryoal.cli.options import choice_option, device_option, norm_names, output_option, scheme_names
+from cryoal.scoring.picks import DEFAULT_PICK, PICK_HELP, PICKS
+from cryoal.select import DEFAULT_N, FORMATS
 
 
 @command(epilog="Example: cryoal select pool.h5 -m model.pt --scheme expected -n 100 -o to_label.csv")
 def select(
     pool: Path = typer.Argument(..., help="Pool file (HDF5)."),
     model: Path = typer.Option(..., "-m", "--model", help="Model checkpoint from `cryoal train`."),
-    output: Path = typer.Option(..., "-o", "--output", help="Ranked CSV to write (fill its `label` column)."),
-    scheme: str = typer.Option(
-        "expected", "--scheme", "-s", help=f"Scoring scheme: {', '.join(SCHEME_NAMES)}."
+    output: Path = output_option("Ranked CSV to write (fill its `label` column)."),
+    scheme: str = choice_option(
+        "expected", "-s", "--scheme", choices=scheme_names,
+        help="Scoring scheme: a score per particle, or a diverse batch (coreset, badge).",
     ),
     n: int | None = typer.Option(
-        None, "-n", show_default=False, help=f"How many to write (default: {DEFAULT_N}, a first page for "
-        "the expert, or all if fewer are unlabelled); 0 writes every unlabelled particle, ranked."
+        None, "-n", min=0, show_default=False,
+        help=f"How many to write (default: {DEFAULT_N}, a first page for the expert, or all if fewer are "
+        "unlabelled); 0 writes every unlabelled particle, ranked.",
     ),
-    batch_size: int = typer.Option(32, "--batch-size", help="Particles per scoring batch (memory grows)."),
-    device: str = typer.Option("auto", "--device", help="auto (CUDA if present), cpu or cuda."),
+    batch_size: int = typer.Option(
+        32, "--batch-size", min=1, help="Particles per scoring batch (memory grows)."
+    ),
+    device: str = device_option(),
     seed: int = typer.Option(
         0, "--seed", help="Seed for --pool-subset, random, bald, badge and the sampled picks.",
     ),
     pool_subset: int | None = typer.Option(
-        None, "--pool-subset", help="Score a random K of the unlabelled particles (reproducible: --seed)."
+        None, "--pool-subset", min=1,
+        help="Score a random K of the unlabelled particles (reproducible: --seed).",
     ),
-    norm: str = typer.Option(
-        "l2", "--norm", help="Gradient norm for expected/entropy: l2 (global) or tensor-sum (per-tensor sum)."
+    norm: str = choice_option(
+        "l2", "--norm", choices=norm_names,
+        help="Gradient norm for expected/entropy: l2 (global) or tensor-sum (per-tensor sum).",
     ),
-    mc_passes: int = typer.Option(20, "--mc-passes", help="MC-dropout passes for bald."),
+    mc_passes: int = typer.Option(20, "--mc-passes", min=1, help="MC-dropout passes for bald."),
     samples: int = typer.Option(
-        8, "--samples", help="Segmentation: label maps sampled per image to estimate `expected` "
+        8, "--samples", min=1, help="Segmentation: label maps sampled per image to estimate `expected` "
         "(an estimate; classifiers use the exact sum over classes)."
     ),
-    pick: str = typer.Option(
-        None, "--pick", "-p", help="How the N rows are drawn from the scores (score-based schemes): "
+    pick: str = choice_option(
+        None, "-p", "--pick", choices=PICKS,
+        help="How the N rows are drawn from the scores (score-based schemes): "
         + "; ".join(f"{k}: {v}" for k, v in PICK_HELP.items()) + f". Default: {DEFAULT_PICK}."
     ),
     beta: float = typer.Option(
@@ -55,16 +62,19 @@ def select(
         False, "--no-calibration", help="Raw softmax and gradients: ignore the temperature that train fitted."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object on stdout."),
-    fmt: str = typer.Option(
-        "csv", "--format",
-        help="csv (DESIGN section 4), star (a RELION 5 particle STAR file at -o) or both (CSV at -o, "
-        "STAR beside it with the suffix .star).",
+    fmt: str = choice_option(
+        "csv", "--format", choices=FORMATS,
+        help="csv (the ranked table; its columns are in the README), star (a RELION 5 particle STAR "
+        "file at -o) or both (CSV at -o, STAR beside it with the suffix .star).",
     ),
     log_json: Path = typer.Option(
         None, "--log-json", help="Append JSON-lines events (start, progress, done) to this file."
     ),
 ) -> None:
-    """Score the unlabelled particles and write the top N, ranked (higher score = label first).
+    """Score the unlabelled particles and write N of them, ranked (higher score = label first).
+
+    Which N: --pick top (the default) writes the N highest scores; the other picks draw the N from
+    the scores (sampled or class-balanced), and a batch scheme (coreset, badge) chooses a diverse N.
 
     Under `torchrun --nproc-per-node N -m cryoal select ...` the ranks share the scoring and rank 0
     writes the same file a single process would.

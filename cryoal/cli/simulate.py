@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from cryoal.cli.app import command, stderr_console
-from cryoal.errors import CryoalError
+from cryoal.errors import CryoalError, OptionError
 
 
 def _parse_shape(text: str) -> tuple[int, int, int]:
@@ -17,7 +17,7 @@ def _parse_shape(text: str) -> tuple[int, int, int]:
     except ValueError:
         parts = ()
     if len(parts) != 3 or min(parts) < 1:
-        raise CryoalError(f"--tomo-shape: expected three positive integers X,Y,Z, got {text!r}")
+        raise OptionError(f"--tomo-shape must be three positive integers X,Y,Z (got {text!r})")
     return parts  # type: ignore[return-value]
 
 
@@ -27,35 +27,42 @@ def _parse_shape(text: str) -> tuple[int, int, int]:
 )
 def simulate(
     out_dir: Path = typer.Argument(..., help="Output directory (created; must be empty unless --force)."),
-    classes: int = typer.Option(5, "--classes", "-k", help="Number of classes (distinct shapes)."),
+    classes: int = typer.Option(5, "--classes", "-k", min=1, help="Number of classes (distinct shapes)."),
     per_class: int = typer.Option(
-        100, "--per-class", "-n", help="Particles per class (with --tomograms: in all, spread over them)."
+        100, "--per-class", "-n", min=1,
+        help="Particles per class (with --tomograms: in all, spread over them).",
     ),
     snr: float = typer.Option(0.1, "--snr", help="Signal variance / noise variance; inf = no noise."),
-    box: int = typer.Option(32, "--box", help="Box size in voxels (with --tomograms: the SNR's box)."),
+    box: int = typer.Option(32, "--box", min=4, help="Box size in voxels (with --tomograms: the SNR's box)."),
     voxel_size: float = typer.Option(10.0, "--voxel-size", help="Voxel size in Å."),
     tilt_range: float = typer.Option(60.0, "--tilt-range", help="Tilts ±degrees about y; 90 = no wedge."),
     defocus: float | None = typer.Option(
         None, "--defocus", help="Defocus in µm underfocus (300 kV, Cs 2 mm); no CTF when omitted."
     ),
-    shift: float = typer.Option(1.0, "--shift", help="Std of the random particle shift, in voxels."),
-    seed: int = typer.Option(0, "--seed", help="Random seed (poses, noise, order; not the shapes)."),
+    shift: float = typer.Option(1.0, "--shift", min=0.0, help="Std of the random particle shift, in voxels."),
+    seed: int = typer.Option(0, "--seed", min=0, help="Random seed (poses, noise, order; not the shapes)."),
     seed_labels: int = typer.Option(
-        0, "--seed-labels", help="Also write seed_labels.csv with this many truth labels per class."
+        0, "--seed-labels", min=0, help="Also write seed_labels.csv with this many truth labels per class."
     ),
-    tomograms: int = typer.Option(0, "--tomograms", help="Write this many tomograms and picks instead."),
+    tomograms: int = typer.Option(
+        0, "--tomograms", min=0, help="Write this many tomograms and picks instead."
+    ),
     tomo_shape: str = typer.Option("256,256,100", "--tomo-shape", help="Tomogram size X,Y,Z in voxels."),
-    pick_jitter: float = typer.Option(0.0, "--pick-jitter", help="Std of the pick error per axis, in Å."),
+    pick_jitter: float = typer.Option(
+        0.0, "--pick-jitter", min=0.0, help="Std of the pick error per axis, in Å."
+    ),
     false_picks: float = typer.Option(
-        0.0, "--false-picks", help="Background picks (label 'background') as a fraction of true picks."
+        0.0, "--false-picks", min=0.0,
+        help="Background picks (label 'background') as a fraction of true picks.",
     ),
     force: bool = typer.Option(False, "--force", help="Replace a previous simulation in OUT_DIR."),
     membranes: int = typer.Option(
-        0, "--membranes", help="Write this many membrane images with masks (segmentation mode) instead; "
-        "uses --box, --snr, --seed and --seed-labels (masks given in images.csv)."
+        0, "--membranes", min=0,
+        help="Write this many membrane images with masks (segmentation mode) instead; uses --box, "
+        "--snr, --seed and --seed-labels (masks given in images.csv)."
     ),
     membrane_ndim: int = typer.Option(
-        2, "--membrane-ndim", help="2 (images) or 3 (patches) for --membranes."
+        2, "--membrane-ndim", min=2, max=3, help="2 (images) or 3 (patches) for --membranes."
     ),
 ) -> None:
     """Write simulated subtomograms: one MRC per particle, particles.star and truth.csv.
@@ -75,7 +82,6 @@ def simulate(
     if membranes:
         _simulate_membranes(out_dir, membranes, box, membrane_ndim, snr, seed_labels, seed)
         return
-    _check_counts(classes, per_class, seed, shift, seed_labels, tomograms)
     imaging = Imaging(box, voxel_size, tilt_range, defocus, snr)
     try:
         imaging.check()
@@ -85,8 +91,8 @@ def simulate(
             plans = plan_tomograms(
                 tomograms, classes, per_class, shape_xyz, voxel_size, box, pick_jitter, false_picks, seed
             )
-    except ValueError as exc:
-        raise CryoalError(str(exc)) from None
+    except ValueError as exc:  # the simulators name the option whose value they refuse
+        raise OptionError(str(exc)) from None
     console = stderr_console()
     cut = check_fit(classes, box, voxel_size)
     if cut and not tomograms:
@@ -141,27 +147,14 @@ def simulate(
         )
 
 
-def _check_counts(classes: int, per_class: int, seed: int, shift: float, seed_labels: int,
-                  tomograms: int) -> None:
-    """CryoalError naming the first count or size out of range."""
-    if classes < 1:
-        raise CryoalError(f"--classes: must be at least 1, got {classes}")
-    if per_class < 1:
-        raise CryoalError(f"--per-class: must be at least 1, got {per_class}")
-    if seed < 0:
-        raise CryoalError(f"--seed: must be >= 0, got {seed}")
-    if shift < 0 or seed_labels < 0 or tomograms < 0:
-        raise CryoalError("--shift, --seed-labels and --tomograms must be >= 0")
-
-
 def _simulate_membranes(
     out_dir: Path, n: int, box: int, ndim: int, snr: float, labelled: int, seed: int
 ) -> None:
     """`--membranes N`: membrane images and masks for the segmentation mode (cryoal.simulate.membranes)."""
     from cryoal.simulate.membranes import write_membrane_set
 
-    if n < 0 or ndim not in (2, 3) or box < 8:
-        raise CryoalError("--membranes must be >= 0, --membrane-ndim 2 or 3, and --box >= 8")
+    if box < 8:
+        raise OptionError(f"--box must be at least 8 with --membranes (got {box})")
     if not out_dir.parent.is_dir():
         raise CryoalError(f"{out_dir}: directory {out_dir.parent} does not exist")
     info = write_membrane_set(out_dir, n, box, ndim, snr, min(labelled, n), seed)

@@ -18,15 +18,36 @@ def _size(nbytes: int) -> str:
     return f"{nbytes:.1f} TB"
 
 
-@command(epilog="Example: cryoal status pool.h5   |   cryoal status pool.h5 --json | jq .per_class")
+@command(
+    epilog="Example: cryoal status pool.h5   |   cryoal status pool.h5 --json | jq .per_class   |   "
+    "cryoal status pool.h5 --check"
+)
 def status(
     pool: Path = typer.Argument(..., help="Pool file (HDF5)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of a table."),
+    check: bool = typer.Option(
+        False, "--check", help="Also read every particle's volume back: exit 1, naming the first bad "
+        "particle, if any is unreadable (a damaged file) or not finite. Without it the volumes are not read.",
+    ),
 ) -> None:
-    """Show counts (total, labelled per class, unlabelled), box, voxel size, label rounds and sources."""
-    from cryoal.io.summary import pool_summary
+    """Show counts (total, labelled per class, unlabelled), box, voxel size, label rounds and sources.
+
+    Only the pool's index is read, so a damaged volume goes unnoticed unless --check is given.
+    """
+    from cryoal.errors import PoolError
+    from cryoal.io.summary import check_volumes, pool_summary
 
     info = pool_summary(pool)
+    if check:
+        result = check_volumes(pool)
+        if result["n_bad"]:
+            first = result["bad"][0]
+            raise PoolError(
+                f"{pool}: volume data of {result['n_bad']} of {result['checked']} particles is bad; "
+                f"first: particle '{first['particle_id']}' (index {first['index']}) {first['problem']}; "
+                "make the pool again (cryoal ingest or extract)"
+            )
+        info["check"] = result
     if as_json:
         typer.echo(json.dumps(info))
         return
@@ -56,4 +77,6 @@ def status(
     if info["edge"] is not None:
         table.add_row("boxes at a tomogram edge", str(info["edge"]))
     table.add_row("file size", _size(info["file_bytes"]))
+    if check:
+        table.add_row("volume data", f"all {info['check']['checked']} read back, finite")
     Console(highlight=False, soft_wrap=True).print(table)

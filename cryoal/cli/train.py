@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from cryoal.cli.app import command, stderr_console
+from cryoal.cli.options import device_option, output_option
 
 _DEFAULT_EPOCHS = 30
 
@@ -71,23 +72,23 @@ def print_metrics_table(metrics: dict, console) -> None:
     if metrics.get("mean_iou") is not None:  # segmentation: pixel accuracy above, mean IoU here
         console.print(f"mean IoU {metrics['mean_iou']:.3f} ({where} set, over pixels)", highlight=False)
     cal = metrics.get("calibration") or {}
-    if cal.get("fitted"):
+    if cal.get("applied"):
         console.print(
-            f"calibration: softmax temperature {cal['temperature']:.3g} fitted on the {cal['n']} validation "
-            f"particles (NLL {cal['nll_before']:.3f} -> {cal['nll_after']:.3f}, "
+            f"calibration: softmax temperature {cal['temperature']:.3g} fitted on the {cal['n_val']} "
+            f"validation particles (NLL {cal['nll_before']:.3f} -> {cal['nll_after']:.3f}, "
             f"ECE {cal['ece_before']:.3f} -> {cal['ece_after']:.3f}); select and predict use it "
             "(--no-calibration to switch off)",
             highlight=False,
         )
     elif cal:
-        console.print(f"calibration: none ({cal.get('reason')}); probabilities are the raw softmax",
+        console.print(f"calibration: none, T = 1 ({cal.get('reason')}); probabilities are the raw softmax",
                       highlight=False)
 
 
 @command(epilog="Example: cryoal train pool.h5 -o model.pt --epochs 30 --seed 0")
 def train(
     pool: Path = typer.Argument(..., help="Pool file (HDF5) with labelled particles."),
-    output: Path = typer.Option(..., "-o", "--output", help="Model checkpoint to write (.pt)."),
+    output: Path = output_option("Model checkpoint to write (.pt)."),
     arch: str = typer.Option(
         None, "--arch", help="Network: dsrf3d, rb3d or resnet3d (default: the mode's default, rb3d)."
     ),
@@ -106,9 +107,7 @@ def train(
     patience: int = typer.Option(
         10, "--patience", min=1, help="Stop after this many epochs without a better val accuracy."
     ),
-    device: str = typer.Option(
-        "auto", "--device", help="auto (CUDA with mixed precision if present), cpu or cuda."
-    ),
+    device: str = device_option("auto (CUDA with mixed precision if present), cpu, cuda or cuda:N."),
     augment: bool = typer.Option(
         True, "--augment/--no-augment", help="Wedge-safe augmentation (rotations about z, flips, shifts)."
     ),
@@ -116,6 +115,13 @@ def train(
     log_json: Path = typer.Option(None, "--log-json", help="Append JSON-lines progress events to this file."),
 ) -> None:
     """Train the classifier on the labelled particles; keep the weights with the best val accuracy.
+
+    Best epoch: highest validation accuracy; ties go to the lower validation loss (both shown on
+    each epoch's line).
+
+    Calibration: a softmax temperature is fitted on the validation split and kept only with at
+    least 20 validation particles and when it lowers their NLL by more than chance (likelihood-ratio
+    test at the 5% level); otherwise T = 1. `--json` says which, under "calibration".
 
     Under `torchrun --nproc-per-node N -m cryoal train ...` the ranks train data-parallel (DDP) and
     rank 0 alone prints, logs and writes the checkpoint.
@@ -194,11 +200,12 @@ def _train(pool: Path, output: Path, dist, log_json: Path | None, **train_kwargs
             if not dist.is_main:
                 return
             val = info.get("val_accuracy")
+            val_loss = "" if info.get("val_loss") is None else f"val loss {info['val_loss']:.4f}  "
             bar.console.print(
                 f"epoch {info['epoch']:>3}/{info['epochs']}  loss {info['train_loss']:.4f}  "
-                f"train acc {info['train_accuracy']:.3f}  val acc {_fmt(val)}  "
+                f"train acc {info['train_accuracy']:.3f}  {val_loss}val acc {_fmt(val)}  "
                 f"best epoch {info['best_epoch']}  {info['seconds']:.1f}s",
-                highlight=False,
+                highlight=False, soft_wrap=True,  # one line per epoch, also in an 80-column log
             )
             log.emit("epoch", **{k: v for k, v in info.items() if k != "event"})
 

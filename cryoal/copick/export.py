@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cryoal.errors import CryoalError, InputError
+from cryoal.errors import CryoalError, InputError, OptionError
 from cryoal.io.atomic import discard, replace_all, stage_text
 from cryoal.io.pool import open_pool
 from cryoal.io.tables import read_table
@@ -298,7 +298,7 @@ def export_copick(pool_path: str | os.PathLike, config: str | os.PathLike, opts:
         if opts.predicted_user == opts.user:
             raise CryoalError(f"--user '{opts.user}': the predictions are written under it already")
     if opts.pixel_size is not None and not (math.isfinite(opts.pixel_size) and opts.pixel_size > 0):
-        raise CryoalError(f"--pixel-size must be a positive number of Å (got {opts.pixel_size:g})")
+        raise OptionError(f"--pixel-size must be a positive number of Å (got {opts.pixel_size:g})")
     _local_overlay(root, config)
 
     with open_pool(pool_path) as pool:

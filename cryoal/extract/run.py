@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cryoal.errors import CryoalError, InputError
+from cryoal.errors import CryoalError, InputError, OptionError
 from cryoal.extract.boxes import centre_voxel, crosses_edge, fourier_bin, zscore
 from cryoal.extract.picks import Picks, read_picks, to_tomogram_pixels
 from cryoal.extract.tomograms import (
@@ -151,7 +151,7 @@ def plan_extraction(
     """Read the picks and tomogram headers, convert every pick to tomogram pixels and decide which
     are extracted, edge-filled, skipped or outside. Raises InputError on any bad input."""
     if options.box < 2 or options.bin < 1:
-        raise CryoalError(f"--box must be at least 2 and --bin at least 1 (got {options.box}, {options.bin})")
+        raise OptionError(f"--box must be at least 2 and --bin at least 1 (got {options.box}, {options.bin})")
     for flag, value in (("--coord-pixel-size", options.coord_pixel_size),
                         ("--tomo-pixel-size", options.tomo_pixel_size)):
         if value is not None and not (math.isfinite(value) and value > 0):

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from cryoal.errors import CryoalError, InputError
+from cryoal.errors import CryoalError, InputError, OptionError
 from cryoal.gallery import montage, page
 from cryoal.gallery.selection import Item
 from cryoal.gallery.views import DEFAULT_LOWPASS_VOXELS, default_slab, mask_planes, particle_views
@@ -87,7 +87,7 @@ def resolve_lowpass(pool: Pool, lowpass_A: float | None) -> tuple[float | None, 
     if lowpass_A is None:
         return DEFAULT_LOWPASS_VOXELS, (DEFAULT_LOWPASS_VOXELS * vs if known else None)
     if lowpass_A < 0:
-        raise InputError(f"--lowpass {lowpass_A}: must be >= 0 (0 turns the filter off)")
+        raise OptionError(f"--lowpass {lowpass_A}: must be >= 0 (0 turns the filter off)")
     if lowpass_A == 0:
         return None, 0.0
     if not known:
@@ -179,12 +179,12 @@ def build_gallery(
     if not items:
         raise InputError(f"{pool.path}: no particles to show")
     if opts.per_page < 1:
-        raise InputError(f"--per-page {opts.per_page}: must be at least 1")
+        raise OptionError(f"--per-page {opts.per_page}: must be at least 1")
     check_destination(out_dir, opts.force, keep=[pool.path])
     ndim = len(pool.shape)
     slab = opts.slab if opts.slab is not None else default_slab(pool.box)
     if slab < 1:
-        raise InputError(f"--slab {slab}: must be at least 1 voxel")
+        raise OptionError(f"--slab {slab}: must be at least 1 voxel")
     cutoff_vox, cutoff_A = resolve_lowpass(pool, opts.lowpass_A)
     ext_masks = load_masks(opts.masks_path, pool) if opts.masks_path is not None else None
     has_masks = ext_masks is not None or (pool.mode == "segmentation" and "masks" in pool.h5)

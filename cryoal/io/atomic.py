@@ -191,20 +191,56 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
+_LOCK_TRIES = 50  # each retry means another writer removed the lock file in between: rare
+
+
 @contextlib.contextmanager
 def exclusive_lock(target: Path, what: str = "pool") -> Iterator[None]:
-    """Hold an advisory lock file `<target>.lock` so that two writers never race on one file."""
+    """Hold an advisory lock file `<target>.lock` so that two writers never race on one file.
+
+    The lock is `flock` on that file, released by the kernel when the holder ends, even by
+    SIGKILL; the file's existence alone never blocks anyone. The holder removes the file when it
+    is done (before releasing the lock), so no `.lock` is left after a write, nor after a failed
+    one that created nothing. Removing a lock file is only safe with the check below: a writer B
+    may open the file just before the holder A removes it and lock it just after A releases it;
+    B then holds a lock on a file no longer at that name, while a writer C creates a new one and
+    locks that. So after locking, a writer checks that the name still leads to the file it
+    locked, and otherwise starts again. A `.lock` that stays means a writer is running or was
+    killed (SIGKILL, power loss): harmless, the next write takes it over and removes it.
+    """
     lock = target.with_name(target.name + ".lock")
     check_output_dir(lock)
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
+    for _ in range(_LOCK_TRIES):
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            os.close(fd)
             raise CryoalError(
                 f"{target}: this {what} is being written by another process (lock {lock}); "
                 "wait for it to finish"
             ) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        if _same_file(fd, lock):
+            break
+        os.close(fd)  # locked a file that a finishing writer had just removed: take the new one
+    else:
+        raise CryoalError(f"{target}: could not take the lock {lock}: other writers keep replacing it")
+    try:
         yield
     finally:
-        os.close(fd)  # closing releases the lock; the lock file itself stays (harmless, avoids races)
+        with contextlib.suppress(OSError):
+            lock.unlink()  # while still holding it: see above
+        os.close(fd)  # closing releases the lock
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    """Whether `path` still names the file open as `fd`."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return False
+    fst = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (fst.st_dev, fst.st_ino)

@@ -275,7 +275,7 @@ def edit_pool(path: str | os.PathLike) -> Iterator[h5py.File]:
     _check_pool_file(path)
     with exclusive_lock(path):
         remove_stale_temps(path, locked=True)  # the lock says no other writer is alive
-        # the pool file is not fsynced before its rename (a pool can be many GB); its directory is
+        # the pool file itself is not fsynced before its rename (a pool can be many GB)
         with temp_beside(path, sync_file=False) as tmp:
             copy_for_update(path, tmp)
             with _open_h5(tmp, "r+") as h5:
@@ -338,9 +338,13 @@ class PoolWriter:
         else:
             self._lock = exclusive_lock(self.path)
             self._lock.__enter__()
-            remove_stale_temps(self.path, locked=True)
-            self._tmp = temp_path_for(self.path)
-            self._h5 = _open_h5(self._tmp, "w")
+            try:
+                remove_stale_temps(self.path, locked=True)
+                self._tmp = temp_path_for(self.path)
+                self._h5 = _open_h5(self._tmp, "w")
+            except BaseException:  # no __exit__ follows a failed __enter__: release (and remove) the lock
+                self._lock.__exit__(None, None, None)
+                raise
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -359,12 +363,14 @@ class PoolWriter:
         if self.append:
             self._edit.__exit__(exc_type, exc, tb)
         else:
+            renamed = False
             try:
                 self._h5.close()  # type: ignore[union-attr]
                 if exc_type is None:
                     replace_into_place(self._tmp, self.path, sync_file=False)
+                    renamed = True
             finally:
-                if exc_type is not None:
+                if not renamed:  # an error, or Ctrl-C/SIGTERM during close or rename
                     discard(self._tmp)
                 self._lock.__exit__(None, None, None)
         if empty_error is not None:

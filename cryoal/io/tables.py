@@ -49,6 +49,8 @@ def read_csv(path: str | os.PathLike) -> Table:
 
 def read_table(path: str | os.PathLike) -> Table:
     """Read a manifest: a STAR file's particle table, or a CSV/TSV with a header row."""
+    if Path(path).is_dir():  # else the user sees the OS's bare "Is a directory"
+        raise InputError(f"{path}: is a directory; give a table file (CSV, TSV or STAR)")
     if is_star(path):
         return particles_block(read_star(path), str(path))
     return read_csv(path)

@@ -14,7 +14,7 @@ not a buffer, so the state dict and the parameter set stay what they are); `temp
 from __future__ import annotations
 
 import math
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -120,6 +120,61 @@ def calibration_report(logits: np.ndarray, labels: np.ndarray, temperature: floa
     }
 
 
-__all__ = ["ATTRIBUTE", "apply_temperature", "calibrated_softmax", "calibration_report",
-           "confidence_ece", "expected_calibration_error", "fit_temperature", "nll", "set_temperature",
-           "softmax", "temperature_of"]
+# Below this many validation particles T is not fitted: the fit follows a handful of confident
+# mistakes (T = 2.7 was seen fitted on 4 particles) and the ECE it is judged by is noise.
+MIN_CALIBRATION_PARTICLES = 20
+# 95 % quantile of chi-squared with 1 degree of freedom: the likelihood-ratio test's threshold
+CHI2_1_95 = 3.841458820694124
+
+
+def decide_temperature(logits: np.ndarray, labels: np.ndarray, *,
+                       min_particles: int = MIN_CALIBRATION_PARTICLES,
+                       critical: float = CHI2_1_95) -> dict[str, Any]:
+    """Whether to keep a temperature fitted on the validation split, and why; T = 1 otherwise.
+
+    With fewer than `min_particles` validation particles T stays 1. Otherwise T is fitted (the
+    minimum NLL) and kept only if it lowers the NLL by more than fitting one free number would by
+    chance: fitting T on the same particles always lowers their NLL, even when the raw softmax is
+    already calibrated. Under that null hypothesis (T = 1 is right) the likelihood ratio
+    2 n (NLL(1) - NLL(T)) follows a chi-squared law with one degree of freedom (Wilks' theorem),
+    so T is kept when it exceeds `critical` (3.84: the test rejects T = 1 at the 5 % level), i.e.
+    when the NLL drops by more than 1.92 / n nats per particle (0.096 at n = 20, 0.019 at 100).
+    At most 5 % of calibrated models get a needless T, and a clearly over- or under-confident
+    model keeps its T from a few dozen particles on.
+
+    Returns a JSON-ready dict: `temperature` (the one to use), `applied`, `fitted_temperature`
+    (None when not fitted), `reason`, `n_val`, `nll_before` (T = 1), `nll_fitted`, `nll_after`
+    (at `temperature`), `ece_before`, `ece_after`, `likelihood_ratio`.
+    """
+    z = np.asarray(logits, dtype=np.float64)
+    y = np.asarray(labels, dtype=np.int64)
+    n = int(y.size)
+    out: dict[str, Any] = {"temperature": 1.0, "applied": False, "fitted_temperature": None,
+                           "reason": "", "n_val": n}
+    if n == 0:
+        return {**out, "reason": "no validation particles"}
+    out.update(nll_before=nll(z, y), ece_before=expected_calibration_error(softmax(z), y))
+    if n < min_particles:
+        out.update(nll_after=out["nll_before"], ece_after=out["ece_before"])
+        reason = f"only {n} validation particles (fewer than {min_particles}): too few to fit a temperature"
+        return {**out, "reason": reason}
+    t = fit_temperature(z, y)
+    fitted = nll(z, y, t)
+    ratio = 2.0 * n * (out["nll_before"] - fitted)
+    out.update(fitted_temperature=t, nll_fitted=fitted, likelihood_ratio=ratio)
+    if ratio > critical:
+        out.update(temperature=t, applied=True, nll_after=fitted, ece_after=expected_calibration_error(
+            softmax(z, t), y))
+        out["reason"] = (f"T = {t:.3g} lowers the validation NLL by {out['nll_before'] - fitted:.3f} "
+                         f"(more than chance, {critical / (2 * n):.3f}, on {n} particles)")
+        return out
+    out.update(nll_after=out["nll_before"], ece_after=out["ece_before"])
+    out["reason"] = (f"the fitted T = {t:.3g} lowers the validation NLL by only "
+                     f"{out['nll_before'] - fitted:.3f}, no more than chance ({critical / (2 * n):.3f} "
+                     f"on {n} particles)")
+    return out
+
+
+__all__ = ["ATTRIBUTE", "CHI2_1_95", "MIN_CALIBRATION_PARTICLES", "apply_temperature", "calibrated_softmax",
+           "calibration_report", "confidence_ece", "decide_temperature", "expected_calibration_error",
+           "fit_temperature", "nll", "set_temperature", "softmax", "temperature_of"]

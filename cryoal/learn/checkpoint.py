@@ -12,7 +12,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import zipfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -105,6 +104,20 @@ def load_weights(path: str | os.PathLike, model: nn.Module) -> dict:
     return blob
 
 
+_HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+
+
+def unreadable_checkpoint(path: Path) -> str:
+    """The one-line error for a file torch cannot load: what it is, and what to pass instead."""
+    with open(path, "rb") as fh:
+        head = fh.read(len(_HDF5_MAGIC))
+    if head == _HDF5_MAGIC:
+        return (f"{path}: an HDF5 file (a pool?), not a cryoal checkpoint; -m takes the .pt file "
+                "that `cryoal train -o` wrote")
+    return (f"{path}: truncated or not a cryoal checkpoint; pass the .pt file that `cryoal train -o` "
+            "wrote (train again if it was cut short)")
+
+
 def read_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> dict:
     """Load and validate the raw checkpoint dict; CryoalError on a missing, corrupt or foreign file."""
     p = Path(path)
@@ -114,13 +127,8 @@ def read_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
         raise CryoalError(f"{p}: is a directory, not a model file")
     try:
         record = torch.load(p, map_location=device, weights_only=True)
-    except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile, KeyError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CryoalError(
-            f"{p}: not a readable cryoal checkpoint (corrupt or truncated: {first[:160]})"
-        ) from None
-    except Exception as exc:  # pickle.UnpicklingError and friends: same user-facing meaning
-        raise CryoalError(f"{p}: not a readable cryoal checkpoint ({type(exc).__name__})") from None
+    except Exception:  # torch's text (miniz, unpickling) means nothing to a user: say what the file is
+        raise CryoalError(unreadable_checkpoint(p)) from None
     if not isinstance(record, dict) or "format_version" not in record:
         raise CryoalError(f"{p}: not a cryoal checkpoint (no format_version)")
     if record["format_version"] not in READABLE_VERSIONS:

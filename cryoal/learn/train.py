@@ -428,20 +428,22 @@ def _final_metrics(run: _Run, model: nn.Module, train: tuple[np.ndarray, np.ndar
 
 
 def _calibrate(model: nn.Module, logits: list[np.ndarray], y: np.ndarray, skip: str | None) -> dict[str, Any]:
-    """Fit the temperature on the validation logits (after early stopping) and attach it to `model`.
+    """Decide the temperature on the validation logits (after early stopping) and attach it to `model`.
 
     Only classifiers with a validation split are calibrated; otherwise T = 1 and the report says
-    why (the training set would fit a temperature to what the model has memorised).
+    why (the training set would fit a temperature to what the model has memorised). With a split,
+    `cryoal.learn.calibration.decide_temperature` keeps a fitted T only when the split is big enough and
+    T beats chance.
     """
-    from cryoal.learn.calibration import calibration_report, fit_temperature, set_temperature
+    from cryoal.learn.calibration import decide_temperature, set_temperature
 
     if skip is not None or not logits:
         set_temperature(model, 1.0)
-        return {"temperature": 1.0, "fitted": False, "reason": skip or "no validation logits"}
-    z = np.concatenate(logits)
-    t = fit_temperature(z, y)
-    set_temperature(model, t)
-    return {**calibration_report(z, y, t), "fitted": True, "on": "validation", "n": int(len(y))}
+        return {"temperature": 1.0, "applied": False, "fitted_temperature": None,
+                "reason": skip or "no validation logits", "n_val": 0}
+    decision = decide_temperature(np.concatenate(logits), y)
+    set_temperature(model, decision["temperature"])
+    return decision
 
 
 def _class_counts(y: np.ndarray, n_classes: int) -> list[int]:

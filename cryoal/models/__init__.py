@@ -14,7 +14,7 @@ from collections.abc import Callable, Sequence
 
 from torch import nn
 
-from cryoal.errors import CryoalError
+from cryoal.errors import CryoalError, OptionError
 from cryoal.models.dsrf3d import DSRF3D
 from cryoal.models.rb3d import RB3D
 from cryoal.models.resnet3d import ResNet3D
@@ -35,7 +35,7 @@ def build_model(arch: str, input_shape: Sequence[int], n_classes: int, **kw) -> 
     """Build a fresh (randomly initialised, seed-dependent) classifier for one-particle shape
     `input_shape` (D, H, W) and `n_classes` classes."""
     if arch not in ARCHS:
-        raise CryoalError(f"unknown architecture '{arch}'; choose one of {', '.join(ARCHS)}")
+        raise OptionError(f"--arch: unknown architecture '{arch}'; choose one of {', '.join(ARCHS)}")
     shape = tuple(int(s) for s in input_shape)
     if len(shape) != 3:
         raise CryoalError(f"{arch}: expects a 3D particle shape (D, H, W), got {shape}")

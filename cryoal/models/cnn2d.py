@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from torch import nn
 
-from cryoal.errors import CryoalError
+from cryoal.errors import CryoalError, OptionError
 from cryoal.models._blocks import Classifier, init_weights
 
 MIN_SIZE = 8
@@ -78,7 +78,8 @@ DEFAULT_IMAGE_ARCH = "cnn2d"
 def build_image_model(arch: str, input_shape: Sequence[int], n_classes: int, **kw) -> nn.Module:
     """A fresh 2D classifier for images of shape (H, W); the pooling depth follows the size."""
     if arch not in IMAGE_ARCHS:
-        raise CryoalError(f"unknown image architecture '{arch}'; choose one of {', '.join(IMAGE_ARCHS)}")
+        raise OptionError(f"--arch: unknown image architecture '{arch}'; "
+                          f"choose one of {', '.join(IMAGE_ARCHS)}")
     shape = tuple(int(s) for s in input_shape)
     if len(shape) != 2:
         raise CryoalError(f"{arch}: expects a 2D image shape (H, W), got {len(shape)}D shape {shape}")

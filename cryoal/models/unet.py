@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cryoal.errors import CryoalError
+from cryoal.errors import CryoalError, OptionError
 from cryoal.models._blocks import init_weights
 from cryoal.models.cnn2d import check_input_dims, n_pools
 
@@ -102,7 +102,8 @@ DEFAULT_SEG_ARCH = "unet"
 def build_segmentation_model(arch: str, input_shape: Sequence[int], n_classes: int, **kw) -> nn.Module:
     """A fresh U-Net for patches of shape (H, W) or (D, H, W) and `n_classes` classes."""
     if arch not in SEG_ARCHS:
-        raise CryoalError(f"unknown segmentation architecture '{arch}'; choose one of {', '.join(SEG_ARCHS)}")
+        raise OptionError(f"--arch: unknown segmentation architecture '{arch}'; "
+                          f"choose one of {', '.join(SEG_ARCHS)}")
     shape = tuple(int(s) for s in input_shape)
     if len(shape) not in (2, 3):
         raise CryoalError(f"{arch}: expects a 2D (H, W) or 3D (D, H, W) patch shape, got {shape}")

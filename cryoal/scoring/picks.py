@@ -33,7 +33,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from cryoal.errors import CryoalError
+from cryoal.errors import OptionError
 
 PICKS = ("top", "power", "softrank", "balanced", "power-balanced", "classnorm")
 # the picks whose probabilities read log(score): they need scores >= 0
@@ -51,11 +51,11 @@ _NOISE_STREAM = 4  # SeedSequence([seed, 4]): the Gumbel noise of the sampled pi
 
 
 def check_pick(pick: str, beta: float) -> None:
-    """CryoalError for an unknown pick or beta <= 0."""
+    """OptionError (a CryoalError) for an unknown pick or beta <= 0."""
     if pick not in PICKS:
-        raise CryoalError(f"--pick {pick}: unknown pick; choose one of {', '.join(PICKS)}")
+        raise OptionError(f"--pick {pick}: unknown pick; choose one of {', '.join(PICKS)}")
     if not (beta > 0 and np.isfinite(beta)):
-        raise CryoalError(f"--beta {beta}: must be a finite number above 0")
+        raise OptionError(f"--beta {beta}: must be a finite number above 0")
 
 
 def rank_by_score(scores: np.ndarray, ids: np.ndarray) -> np.ndarray:
@@ -118,20 +118,20 @@ def resolve_pick(scheme: str, is_batch: bool, pick: str | None, balance: bool = 
     """The pick a selection uses: `pick`, or `balanced` for `--balance`, or DEFAULT_PICK.
 
     Batch schemes (coreset, badge) build their own batch: any pick is refused, and None returned.
-    CryoalError on an unknown pick, beta <= 0, `--balance` with another pick, and a pick that
+    OptionError (a CryoalError) on an unknown pick, beta <= 0, `--balance` with another pick, and a pick that
     reads log(score) on a scheme whose scores can be negative (`nonnegative=False`).
     """
     if is_batch:
         if pick is not None or balance:
             what = "--balance" if balance and pick is None else f"--pick {pick}"
-            raise CryoalError(f"{what} applies to score-based schemes; {scheme} already builds a batch")
+            raise OptionError(f"{what} applies to score-based schemes; {scheme} already builds a batch")
         return None
     if balance and pick not in (None, "balanced"):
-        raise CryoalError(f"--balance is --pick balanced; it cannot be combined with --pick {pick}")
+        raise OptionError(f"--balance is --pick balanced; it cannot be combined with --pick {pick}")
     chosen = pick or ("balanced" if balance else DEFAULT_PICK)
     check_pick(chosen, beta)
     if chosen in NEEDS_NONNEGATIVE and not nonnegative:
-        raise CryoalError(f"--pick {chosen} draws with probability proportional to score^beta, and {scheme} "
+        raise OptionError(f"--pick {chosen} draws with probability proportional to score^beta, and {scheme} "
                           "scores can be negative; use --pick softrank (rank-based) instead")
     return chosen
 
@@ -176,13 +176,13 @@ def pick_order(
     """The first `n` positions (all when n == 0) of `scores` in the order `pick` draws them.
 
     `ids` are the candidates' particle ids (tie-breaks), `predicted` their predicted classes (the
-    balanced picks). Raises CryoalError on an unknown pick, beta <= 0, or negative scores for a
+    balanced picks). Raises OptionError on an unknown pick, beta <= 0, or negative scores for a
     pick that reads log(score).
     """
     check_pick(pick, beta)
     scores = np.asarray(scores, dtype=np.float64)
     if pick in NEEDS_NONNEGATIVE and (scores < 0).any():
-        raise CryoalError(f"--pick {pick} draws with probability proportional to score^beta and these "
+        raise OptionError(f"--pick {pick} draws with probability proportional to score^beta and these "
                           "scores are negative; use --pick softrank (rank-based) instead")
     order = _PICK_FNS[pick](scores, np.asarray(ids), np.asarray(predicted), float(beta), seed)
     return order[: n or len(order)]
