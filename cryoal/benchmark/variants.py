@@ -14,7 +14,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cryoal.errors import OptionError
-from cryoal.scoring.names import BATCH_SCHEMES
 from cryoal.scoring.picks import PICKS
 
 BALANCED_SUFFIX = "-balanced"
@@ -31,8 +30,13 @@ class Variant:
     calibrated: bool = True
 
 
-def parse_variant(name: str, known: tuple[str, ...], batch: tuple[str, ...] = BATCH_SCHEMES) -> Variant:
-    """The Variant a benchmark scheme name stands for; OptionError naming what is wrong."""
+def parse_variant(name: str, known: tuple[str, ...], batch: tuple[str, ...] | None = None) -> Variant:
+    """The Variant a benchmark scheme name stands for; OptionError naming what is wrong. `batch`:
+    the schemes that take no pick (default: the registry's batch schemes)."""
+    if batch is None:
+        from cryoal.scoring.registry import batch_schemes
+
+        batch = batch_schemes()
     parts = name.split(":")
     calibrated = True
     if len(parts) > 1 and parts[-1] == UNCALIBRATED:

@@ -10,7 +10,6 @@ from cryoal.benchmark.variants import BALANCED_SUFFIX, UNCALIBRATED
 from cryoal.cli.app import command, stderr_console
 from cryoal.cli.options import choice_option, device_option, norm_names, output_option, scheme_names
 from cryoal.errors import CryoalError, OptionError
-from cryoal.scoring.names import BATCH_SCHEMES
 
 
 def parse_schemes(text: str | None, known: tuple[str, ...]) -> list[str]:
@@ -25,7 +24,7 @@ def parse_schemes(text: str | None, known: tuple[str, ...]) -> list[str]:
         return list(known)
     names = list(dict.fromkeys(s.strip() for s in text.split(",") if s.strip()))
     for name in names:
-        parse_variant(name, known, BATCH_SCHEMES)
+        parse_variant(name, known)
     if not names:
         raise OptionError("--schemes: no scheme given")
     return names

@@ -68,10 +68,10 @@ def device_option(help: str = "auto (CUDA if present), cpu, cuda or cuda:N.") ->
 
 
 def scheme_names() -> tuple[str, ...]:
-    """The scoring schemes, in the registry's order (`scoring.names`: no torch import)."""
-    from cryoal.scoring.names import SCHEME_NAMES
+    """The scoring schemes, from the registry (imported on demand: it imports torch)."""
+    from cryoal.scoring.registry import SCHEMES
 
-    return SCHEME_NAMES
+    return tuple(SCHEMES)
 
 
 def norm_names() -> tuple[str, ...]:

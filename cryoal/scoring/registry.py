@@ -22,7 +22,6 @@ from cryoal.errors import CryoalError
 from cryoal.learn.calibration import calibrated_softmax
 from cryoal.scoring import diversity, uncertainty
 from cryoal.scoring.gradnorm import gradnorm_scores
-from cryoal.scoring.names import BATCH_SCHEMES, SCHEME_NAMES
 from cryoal.scoring.segmentation import pixel_mean, pixel_mean_mc
 
 
@@ -152,9 +151,9 @@ SCHEMES: dict[str, ScoreScheme | BatchScheme] = {
 }
 
 
-# The names are also listed torch-free (names.py) for the CLI; the two must not drift apart.
-assert tuple(SCHEMES) == SCHEME_NAMES, (tuple(SCHEMES), SCHEME_NAMES)
-assert all(isinstance(SCHEMES[n], BatchScheme) == (n in BATCH_SCHEMES) for n in SCHEMES)
+def batch_schemes() -> tuple[str, ...]:
+    """The names of the schemes that choose a whole batch (coreset, badge), in registry order."""
+    return tuple(name for name, s in SCHEMES.items() if isinstance(s, BatchScheme))
 
 
 def get_scheme(name: str) -> ScoreScheme | BatchScheme:
