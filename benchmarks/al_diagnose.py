@@ -24,7 +24,7 @@ selection round's candidates:
   true classes, between how often `expected` picked a class and the class's mean feature norm.
 - the overlap (Jaccard) between the top picks of `expected` and of `max-entropy`.
 
-Nothing here is used by cryoal; it is the evidence behind the README's explanation.
+Nothing here is used by cryoal; it is the evidence behind docs/studies.md's explanation.
 """
 
 from __future__ import annotations

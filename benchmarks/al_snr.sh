@@ -9,7 +9,7 @@
 # chosen for it from measured costs (rb3d, one core: ~0.04 s per particle-epoch of training at
 # width 32, ~0.02 at width 16; an expected-gradnorm selection over ~270 candidates with 10 classes
 # ~40 s). Measured: --quick 450 s; full 4,916 s for the 7 baseline schemes plus ~1,500 s (two
-# lanes) for the two class-balanced variants, about 107 min in all (README, "The SNR study").
+# lanes) for the two class-balanced variants, about 107 min in all (docs/studies.md, "The SNR study").
 # Training: cycle 0 trains from scratch for EPOCHS; later cycles fine-tune the previous cycle's
 # model for WARM epochs (--warm-start), which is what keeps 7 schemes x 3 seeds x 4 SNRs inside
 # the budget. WARM= (empty) trains every cycle from scratch.

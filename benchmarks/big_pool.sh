@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The big-pool run reported in the README (multi-GPU / big pools section).
+# The big-pool run reported in docs/commands.md ("Big pools").
 #   bash benchmarks/big_pool.sh                 # 100,000 particles at 32^3, every particle scored
 #   N=100000 SCORE=5000 bash benchmarks/big_pool.sh   # score a random 5,000 (slow CPUs)
 #   N=20000 SCORE=2000 REPEATS=3 bash benchmarks/big_pool.sh   # a busy 2-core CPU: medians of 3 pairs

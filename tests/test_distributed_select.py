@@ -1,6 +1,6 @@
 """`torchrun -m cryoal select|train` on CPU (gloo, 2 ranks) against one process.
 
-Identity needs the same number of threads per process (see the README): the single-process
+Identity needs the same number of threads per process (see docs/commands.md, "torchrun"): the single-process
 references run with OMP_NUM_THREADS=1, which torchrun also gives each rank.
 """
 

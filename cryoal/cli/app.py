@@ -194,7 +194,7 @@ class CryoalGroup(TyperGroup):
         sys.exit(code if isinstance(code, int) else 0)
 
 
-# the exit codes, in --help as in the README's table
+# the exit codes, in --help as in docs/commands.md's table
 EXIT_CODES_HELP = (
     "Exit codes: 0 success; 1 an error in an input file, id or the environment (one line on stderr "
     "naming it); 2 a usage error: an unknown option, a missing argument, or a bad option value (out "

@@ -64,7 +64,7 @@ def select(
     as_json: bool = typer.Option(False, "--json", help="Print the summary as one JSON object on stdout."),
     fmt: str = choice_option(
         "csv", "--format", choices=FORMATS,
-        help="csv (the ranked table; its columns are in the README), star (a RELION 5 particle STAR "
+        help="csv (the ranked table; its columns are in docs/commands.md), star (a RELION 5 particle STAR "
         "file at -o) or both (CSV at -o, STAR beside it with the suffix .star).",
     ),
     log_json: Path = typer.Option(

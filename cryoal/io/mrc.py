@@ -10,7 +10,7 @@ The one exception is a legacy header (no MRC2000 ``MAP `` stamp, or an unrecogni
 stamp, as old IMOD and CCP4 programs wrote): it is read only if, for exactly one byte order,
 its dimensions, mode and extended-header size account for the file's size to the byte.
 
-Rules (see also the README "Ingest" section):
+Rules (see also docs/commands.md, "ingest, label, status"):
 - Modes 0 (int8), 1 (int16), 2 (float32), 6 (uint16) and 12 (float16) are read. Mode 0 is
   signed (MRC2014) unless the header carries the IMOD stamp with the "signed bytes" flag
   clear, in which case it is unsigned, as IMOD writes it.

@@ -1,6 +1,6 @@
 """Per-particle preprocessing at ingest: centre crop/pad to the box, finite check, z-score.
 
-Conventions (docs/README "Ingest"):
+Conventions (docs/commands.md, "ingest, label, status"):
 - Crop and pad are centred the way a box is centred on a pick: the source voxel at index n//2
   along an axis lands at index b//2 of a box of size b (conventions.md).
 - Order: crop the axes that are too long, z-score what is left (mean 0, std 1 over the kept

@@ -24,7 +24,7 @@ ARCHS: dict[str, Callable[..., nn.Module]] = {
     "rb3d": RB3D,
     "resnet3d": ResNet3D,
 }
-# Chosen by benchmarks/arch_compare.py (see README; CPU only, GPU not measured): at SNR 0.1 (5 classes,
+# Chosen by benchmarks/arch_compare.py (see docs/studies.md; CPU only): at SNR 0.1 (5 classes,
 # 32^3, CTF, +-60 deg wedge) rb3d had the best validation accuracy in both seeds, trains about as fast
 # as resnet3d and 5x faster than dsrf3d, and is the lightest net for gradient-norm scoring.
 DEFAULT_ARCH = "rb3d"

@@ -3,7 +3,7 @@
 A score scheme gives one number per candidate; a *pick* turns those numbers into an ordered batch.
 The paper's rule is `top` (the global top n). A single score ranks particles one at a time, so the
 top n piles up wherever the score is largest; in this project's studies that was two or three
-classes (README, "The SNR study"). The other picks spread the batch:
+classes (docs/studies.md, "The SNR study"). The other picks spread the batch:
 
 - `top`: the n largest scores (ties by particle_id).
 - `power`: n drawn without replacement with probability proportional to score^beta (stochastic
