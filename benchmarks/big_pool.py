@@ -3,7 +3,7 @@ wall time, throughput and peak RSS of each command measured in its own process.
 
     .venv/bin/python benchmarks/big_pool.py                        # 100,000 particles at 32^3
     .venv/bin/python benchmarks/big_pool.py --n 20000 --score 4000 # what fits a busy 2-core CPU
-    bash benchmarks/big_pool.sh                                    # the run reported in docs/commands.md ("Big pools")
+    bash benchmarks/big_pool.sh                                    # the run in docs/commands.md
 
 Steps, in a scratch directory that is deleted at the end (`--keep` keeps it):
 1. write N single-particle MRC files (float32, 10 Å voxels; not timed as part of cryoal);
