@@ -8,7 +8,8 @@ as `torchrun --nproc-per-node R` (one thread per rank, torchrun's default), alte
 launches `--repeats` times and keeping the best of each. It also runs a single process with
 `OMP_NUM_THREADS=1` and checks that its CSV is byte-identical to every multi-rank CSV (identity
 needs the same threads per process, see docs/commands.md, "torchrun"). Then the same for
-`cryoal train` (seconds per epoch). Throughput is particles/s over the pool; speed-up is against the 1-process run.
+`cryoal train` (seconds per epoch). Throughput is particles/s over the pool; speed-up is against
+the 1-process run.
 """
 
 from __future__ import annotations
