@@ -120,3 +120,18 @@ def test_uncalibrated_variants_are_paired_with_their_calibrated_twin(table, tmp_
     blocks = table.load(tmp_path / "plain")
     assert {r.seed for r in blocks[0][1]} == {0, 1}
     assert table.paired_calibration(blocks) == ""
+
+
+def test_a_rounding_tie_is_counted_as_a_tie_not_a_win(table, tmp_path):
+    # seed 0: different curves with the same area, (0.2 + 2 * 0.4 + 0.8) / 4 = (0.2 + 2 * 0.5 + 0.6) / 4,
+    # whose float AUBCs differ by +5.6e-17: a tie; seed 1: a clear win; seed 2: a clear loss
+    curves = {("expected", 0): [0.2, 0.4, 0.8], ("random", 0): [0.2, 0.5, 0.6],
+              ("expected", 1): [0.2, 0.6, 0.8], ("random", 1): [0.2, 0.4, 0.6],
+              ("expected", 2): [0.2, 0.3, 0.4], ("random", 2): [0.2, 0.4, 0.6]}
+    _snr_dir(tmp_path, "0.1", curves, cycles=3)
+    blocks = table.load(tmp_path)
+    aubc = table.per_seed_aubc(blocks[0][1], "expected")[0] - table.per_seed_aubc(blocks[0][1], "random")[0]
+    assert 0 < aubc < 1e-15  # the rounding error survives into the AUBC: a naive `> 0` calls it a win
+    assert "(1/3, 1 tie)" in table.paired_vs_random(blocks)
+    assert table.win_count([0.1, -1e-13, 2e-13, -0.2]) == "1/4, 2 ties"
+    assert table.win_count([0.1, -0.2]) == "1/2"
