@@ -188,7 +188,7 @@ def pick_balance(results: Path, blocks) -> str:
     """How class-skewed each scheme's picks are: over all its selection rounds of one seed, the
     share of the most-picked TRUE class, mean over seeds (1/C = perfectly balanced), and how many
     classes it never picked (summed over seeds). Needs the truth file named in run.json; SNRs whose
-    truth file is gone are left out."""
+    truth file is gone, or holds another number of particles than the run's pool, are left out."""
     from collections import Counter
 
     cols, cells = [], {}
@@ -198,6 +198,10 @@ def pick_balance(results: Path, blocks) -> str:
             continue
         table = read_table(truth_path)
         truth = dict(zip(table["particle_id"], table["label"], strict=True))
+        # a truth file of another pool at the same path (runs of other sizes share a work dir):
+        # its labels are not this run's, so this SNR is left out rather than counted wrongly
+        if len(truth) != run.get("n_particles", len(truth)):
+            continue
         # the same schemes and seeds as the other tables (a later phase's extra schemes stay out)
         seeds, schemes = {r.seed for r in rows}, {r.scheme for r in rows}
         picks: dict[tuple[str, int], Counter] = {}

@@ -90,7 +90,7 @@ def test_pick_balance_counts_only_the_run_json_schemes_and_complete_seeds(table,
     truth.write_text("particle_id,label\n" + "".join(f"p{i},{'ab'[i % 2]}\n" for i in range(8)))
     run_path = tmp_path / "snr_0.1" / "run.json"
     run = json.loads(run_path.read_text())
-    run_path.write_text(json.dumps({**run, "truth": str(truth)}))
+    run_path.write_text(json.dumps({**run, "truth": str(truth), "n_particles": 8}))
     sel = [Selection("expected", 0, 0, r, f"p{2 * r}") for r in range(1, 4)]  # three of class a
     sel += [Selection("random", 0, 0, r, f"p{r}") for r in range(1, 5)]  # p1..p4: b, a, b, a
     sel += [Selection("expected:uncalibrated", 0, 0, 1, "p1"), Selection("random", 1, 0, 1, "p0")]
@@ -98,6 +98,9 @@ def test_pick_balance_counts_only_the_run_json_schemes_and_complete_seeds(table,
     md = table.pick_balance(tmp_path, table.load(tmp_path))
     assert "| expected | 100% / 1 |" in md and "| random | 50% / 0 |" in md
     assert "uncalibrated" not in md
+    # run.json says the pool held 9 particles: this 8-particle truth file belongs to another run
+    run_path.write_text(json.dumps({**run, "truth": str(truth), "n_particles": 9}))
+    assert table.pick_balance(tmp_path, table.load(tmp_path)) == ""
 
 
 def test_uncalibrated_variants_are_paired_with_their_calibrated_twin(table, tmp_path):
