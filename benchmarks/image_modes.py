@@ -26,8 +26,6 @@ import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch is imported: the tests' setting
-
 import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
@@ -96,6 +94,8 @@ def main() -> None:
     ap.add_argument("--only", choices=["digits", "unet"], help="run one part")
     ap.add_argument("--seed-sets", type=int, default=5, help="digits label sets (rng seeds 0..K-1)")
     args = ap.parse_args()
+    # one thread, as in the tests: cryoal's commands read OMP_NUM_THREADS, fit() uses torch's setting
+    os.environ["OMP_NUM_THREADS"] = "1"
     import torch
 
     torch.set_num_threads(1)
