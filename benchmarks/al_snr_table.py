@@ -86,11 +86,24 @@ def paired_stats(diff: list[float]) -> tuple[float, float, float, float]:
     return mean, std, mean - half, mean + half
 
 
+TIE = 1e-12  # |AUBC difference| at or below this is a tie: identical curves summed in another order
+
+
+def win_count(diff: list[float]) -> str:
+    """"wins/seeds", plus ", N tie(s)" when some differences are ties (|d| <= TIE). A tie is not a
+    win: two schemes that picked the same particles give the same curve, and their AUBCs can
+    differ by a rounding error of either sign."""
+    wins = sum(d > TIE for d in diff)
+    ties = sum(abs(d) <= TIE for d in diff)
+    text = f"{wins}/{len(diff)}"
+    return text + (f", {ties} tie{'s' if ties > 1 else ''}" if ties else "")
+
+
 def paired_table(blocks: list[tuple[str, list[CurveRow], dict]], pairs: list[tuple[str, str]],
                  head: str) -> str:
     """AUBC of `name` minus AUBC of `base` at the same seed, for each (name, base) pair: mean ± std,
-    the 95 % t confidence interval of the mean over seeds, and wins/seeds (Markdown). A CI entirely
-    above 0 is marked ▲, below ▼; an SNR where either is missing gets –."""
+    the 95 % t confidence interval of the mean over seeds, and wins/seeds with ties apart (Markdown).
+    A CI entirely above 0 is marked ▲, below ▼; an SNR where either is missing gets –."""
     lines = [f"| {head} | " + " | ".join(f"SNR {snr}" for snr, _, _ in blocks) + " |",
              "|---|" + "---:|" * len(blocks)]
     for name, base in pairs:
@@ -103,8 +116,7 @@ def paired_table(blocks: list[tuple[str, list[CurveRow], dict]], pairs: list[tup
             diff = [mine[k] - theirs[k] for k in theirs if k in mine]
             mean, std, lo, hi = paired_stats(diff)
             mark = " ▲" if lo > 0 else " ▼" if hi < 0 else ""
-            wins = sum(d > 0 for d in diff)
-            cells.append(f"{mean:+.3f} ± {std:.3f} [{lo:+.3f}, {hi:+.3f}]{mark} ({wins}/{len(diff)})")
+            cells.append(f"{mean:+.3f} ± {std:.3f} [{lo:+.3f}, {hi:+.3f}]{mark} ({win_count(diff)})")
         label = name if base == "random" else f"{name} − {base}"
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -176,7 +188,7 @@ def pick_balance(results: Path, blocks) -> str:
     """How class-skewed each scheme's picks are: over all its selection rounds of one seed, the
     share of the most-picked TRUE class, mean over seeds (1/C = perfectly balanced), and how many
     classes it never picked (summed over seeds). Needs the truth file named in run.json; SNRs whose
-    truth file is gone are left out."""
+    truth file is gone, or holds another number of particles than the run's pool, are left out."""
     from collections import Counter
 
     cols, cells = [], {}
@@ -186,6 +198,10 @@ def pick_balance(results: Path, blocks) -> str:
             continue
         table = read_table(truth_path)
         truth = dict(zip(table["particle_id"], table["label"], strict=True))
+        # a truth file of another pool at the same path (runs of other sizes share a work dir):
+        # its labels are not this run's, so this SNR is left out rather than counted wrongly
+        if len(truth) != run.get("n_particles", len(truth)):
+            continue
         # the same schemes and seeds as the other tables (a later phase's extra schemes stay out)
         seeds, schemes = {r.seed for r in rows}, {r.scheme for r in rows}
         picks: dict[tuple[str, int], Counter] = {}
@@ -271,7 +287,8 @@ def main() -> None:
         + markdown_table(blocks) + "\n\n" + settings_line(blocks) + "\n\n"
         "Paired difference to `random` (same seed: same test split, initial set and cycle-0 model), "
         "mean ± std over seeds, [95 % Student-t confidence interval of the mean] (▲: the interval is "
-        "above 0; ▼: below), (seeds where the scheme beat random / seeds):\n\n"
+        f"above 0; ▼: below), (seeds where the scheme beat random / seeds; ties, |difference| ≤ {TIE:g}, "
+        "counted apart and not as wins):\n\n"
         + paired_vs_random(blocks) + "\n"
     )
     calibration = paired_calibration(blocks)

@@ -90,7 +90,7 @@ def test_pick_balance_counts_only_the_run_json_schemes_and_complete_seeds(table,
     truth.write_text("particle_id,label\n" + "".join(f"p{i},{'ab'[i % 2]}\n" for i in range(8)))
     run_path = tmp_path / "snr_0.1" / "run.json"
     run = json.loads(run_path.read_text())
-    run_path.write_text(json.dumps({**run, "truth": str(truth)}))
+    run_path.write_text(json.dumps({**run, "truth": str(truth), "n_particles": 8}))
     sel = [Selection("expected", 0, 0, r, f"p{2 * r}") for r in range(1, 4)]  # three of class a
     sel += [Selection("random", 0, 0, r, f"p{r}") for r in range(1, 5)]  # p1..p4: b, a, b, a
     sel += [Selection("expected:uncalibrated", 0, 0, 1, "p1"), Selection("random", 1, 0, 1, "p0")]
@@ -98,6 +98,9 @@ def test_pick_balance_counts_only_the_run_json_schemes_and_complete_seeds(table,
     md = table.pick_balance(tmp_path, table.load(tmp_path))
     assert "| expected | 100% / 1 |" in md and "| random | 50% / 0 |" in md
     assert "uncalibrated" not in md
+    # run.json says the pool held 9 particles: this 8-particle truth file belongs to another run
+    run_path.write_text(json.dumps({**run, "truth": str(truth), "n_particles": 9}))
+    assert table.pick_balance(tmp_path, table.load(tmp_path)) == ""
 
 
 def test_uncalibrated_variants_are_paired_with_their_calibrated_twin(table, tmp_path):
@@ -120,3 +123,18 @@ def test_uncalibrated_variants_are_paired_with_their_calibrated_twin(table, tmp_
     blocks = table.load(tmp_path / "plain")
     assert {r.seed for r in blocks[0][1]} == {0, 1}
     assert table.paired_calibration(blocks) == ""
+
+
+def test_a_rounding_tie_is_counted_as_a_tie_not_a_win(table, tmp_path):
+    # seed 0: different curves with the same area, (0.2 + 2 * 0.4 + 0.8) / 4 = (0.2 + 2 * 0.5 + 0.6) / 4,
+    # whose float AUBCs differ by +5.6e-17: a tie; seed 1: a clear win; seed 2: a clear loss
+    curves = {("expected", 0): [0.2, 0.4, 0.8], ("random", 0): [0.2, 0.5, 0.6],
+              ("expected", 1): [0.2, 0.6, 0.8], ("random", 1): [0.2, 0.4, 0.6],
+              ("expected", 2): [0.2, 0.3, 0.4], ("random", 2): [0.2, 0.4, 0.6]}
+    _snr_dir(tmp_path, "0.1", curves, cycles=3)
+    blocks = table.load(tmp_path)
+    aubc = table.per_seed_aubc(blocks[0][1], "expected")[0] - table.per_seed_aubc(blocks[0][1], "random")[0]
+    assert 0 < aubc < 1e-15  # the rounding error survives into the AUBC: a naive `> 0` calls it a win
+    assert "(1/3, 1 tie)" in table.paired_vs_random(blocks)
+    assert table.win_count([0.1, -1e-13, 2e-13, -0.2]) == "1/4, 2 ties"
+    assert table.win_count([0.1, -0.2]) == "1/2"
