@@ -17,6 +17,7 @@ import numpy as np
 
 from cryoal.errors import InputError
 from cryoal.io.pool import Pool
+from cryoal.io.star import read_text_file
 from cryoal.io.tables import read_table, table_len
 
 
@@ -127,13 +128,7 @@ def from_selection(pool: Pool, path: str | os.PathLike, limit: int | None = None
 def parse_ids(spec: str) -> list[str]:
     """`a,b,c`, or `@file` with ids separated by commas, whitespace or newlines."""
     if spec.startswith("@"):
-        path = Path(spec[1:])
-        try:
-            text = path.read_text(encoding="utf-8-sig")
-        except FileNotFoundError:
-            raise InputError(f"{path}: file not found (from --ids {spec})") from None
-        except UnicodeDecodeError:
-            raise InputError(f"{path}: not a UTF-8 text file of particle ids") from None
+        text = read_text_file(spec[1:], "a UTF-8 text file of particle ids", f" (from --ids {spec})")
         parts = text.replace(",", "\n").split()
     else:
         parts = [p.strip() for p in spec.split(",")]

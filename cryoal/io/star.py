@@ -38,16 +38,26 @@ def _strip_comment(line: str) -> str:
     return line.strip()
 
 
-def read_star(path: str | os.PathLike) -> dict[str, Table]:
-    """Read every data block of a STAR file. Raises InputError naming the file and line on bad syntax."""
+def read_text_file(path: str | os.PathLike, what: str, origin: str = "") -> str:
+    """The text of a UTF-8 file (a BOM from a spreadsheet export is dropped), or InputError naming it.
+
+    `what` says what the file should be ("a text STAR file"), `origin` where its name came from
+    (" (from --ids @x)"); both only shape the one-line error.
+    """
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        return path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
-        raise InputError(f"{path}: file not found") from None
+        raise InputError(f"{path}: file not found{origin}") from None
+    except IsADirectoryError:
+        raise InputError(f"{path}: is a directory, not {what}{origin}") from None
     except UnicodeDecodeError:
-        raise InputError(f"{path}: not a text STAR file") from None
-    return parse_star(text, str(path))
+        raise InputError(f"{path}: not {what}{origin}") from None
+
+
+def read_star(path: str | os.PathLike) -> dict[str, Table]:
+    """Read every data block of a STAR file. Raises InputError naming the file and line on bad syntax."""
+    return parse_star(read_text_file(path, "a text STAR file"), str(path))
 
 
 def parse_star(text: str, name: str = "<star>") -> dict[str, Table]:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from cryoal.errors import InputError
 from cryoal.io.atomic import atomic_open
-from cryoal.io.star import Table, particles_block, read_star
+from cryoal.io.star import Table, particles_block, read_star, read_text_file
 
 STAR_SUFFIXES = (".star",)
 
@@ -22,12 +22,7 @@ def is_star(path: str | os.PathLike) -> bool:
 def read_csv(path: str | os.PathLike) -> Table:
     """Read a CSV (or TSV) with a header row. Accepts a UTF-8 BOM (spreadsheet exports)."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise InputError(f"{path}: file not found") from None
-    except UnicodeDecodeError:
-        raise InputError(f"{path}: not a UTF-8 text table") from None
+    text = read_text_file(path, "a UTF-8 text table")
     lines = text.splitlines()
     if not lines or not lines[0].strip():
         raise InputError(f"{path}: empty table (no header row)")
