@@ -142,8 +142,7 @@ def _checked_options(model, scheme: str, n: int | None, batch_size: int, norm: s
 
     sch = get_scheme(scheme)
     if model is None and not getattr(sch, "embedding", False):
-        raise OptionError(f"--scheme {scheme} scores with a model: give one with -m MODEL "
-                          "(only typiclust picks from the pool's embeddings alone)")
+        raise _needs_model(scheme)
     if n is not None and n < 0:
         raise OptionError(f"-n {n}: must be 0 (every unlabelled particle) or more")
     if batch_size < 1:
@@ -408,6 +407,36 @@ def output_paths(out: str | os.PathLike, fmt: str) -> dict[str, str]:
     return {"csv": str(out), "star": str(star)}
 
 
+def _needs_model(scheme: str) -> OptionError:
+    return OptionError(f"--scheme {scheme} scores with a model: give one with -m MODEL "
+                       "(only typiclust picks from the pool's embeddings alone)")
+
+
+def _planned(scheme: str, pick: str | None, balance: bool, beta: float, has_model: bool,
+             out: str | os.PathLike, fmt: str) -> tuple[str | None, bool, dict[str, str]]:
+    """(the pick, whether it is the scheme's default, the output paths), checked; OptionError
+    (a CryoalError) on an unknown scheme or pick, a scheme that needs a model without one, or a
+    STAR output (it carries predicted classes) without a model."""
+    from cryoal.io.atomic import check_output_dir
+    from cryoal.scoring import get_scheme
+    from cryoal.scoring.picks import resolve_pick
+    from cryoal.scoring.registry import ScoreScheme
+
+    sch = get_scheme(scheme)
+    pick_default = pick is None and not balance and isinstance(sch, ScoreScheme)
+    pick = resolve_pick(scheme, not isinstance(sch, ScoreScheme), pick, balance, beta,
+                        nonnegative=getattr(sch, "nonnegative", True))
+    paths = output_paths(out, fmt)
+    if not has_model and not getattr(sch, "embedding", False):
+        raise _needs_model(scheme)
+    if not has_model and "star" in paths:
+        raise OptionError(f"--format {fmt} writes predicted classes: give a model with -m, "
+                          "or use --format csv")
+    for path in paths.values():
+        check_output_dir(path)
+    return pick, pick_default, paths
+
+
 @contextmanager
 def _model_and_pool(model_path: str | os.PathLike | None, pool_path: str | os.PathLike, device):
     """(model, metadata, open pool): the checkpoint's, or (None, the pool's class names) without one."""
@@ -445,36 +474,20 @@ def select_pool(
     import time
 
     from cryoal.export import write_selection_star
-    from cryoal.io.atomic import check_output_dir
     from cryoal.io.tables import write_csv
     from cryoal.learn.device import resolve_device, use_all_cpu_cores
     from cryoal.learn.distributed import DistContext, rank_device, run_on_all_ranks
-    from cryoal.scoring import get_scheme
 
     t0 = time.perf_counter()
     dist = dist or DistContext()
-    from cryoal.scoring.picks import resolve_pick
-    from cryoal.scoring.registry import ScoreScheme
-
-    sch = get_scheme(scheme)  # fail on an unknown scheme or pick before any heavy work
-    pick_default = pick is None and not balance and isinstance(sch, ScoreScheme)
-    pick = resolve_pick(scheme, not isinstance(sch, ScoreScheme), pick, balance, beta,
-                        nonnegative=getattr(sch, "nonnegative", True))
-    paths = output_paths(out_csv, fmt)
-    if model_path is None and not getattr(sch, "embedding", False):
-        raise OptionError(f"--scheme {scheme} scores with a model: give one with -m MODEL "
-                          "(only typiclust picks from the pool's embeddings alone)")
-    if model_path is None and "star" in paths:  # the STAR file carries predicted classes
-        raise OptionError(f"--format {fmt} writes predicted classes: give a model with -m, "
-                          "or use --format csv")
-    for path in paths.values():
-        check_output_dir(path)
+    # fail on an unknown scheme or pick, or a missing model, before any heavy work
+    pick, pick_default, paths = _planned(scheme, pick, balance, beta, model_path is not None, out_csv, fmt)
     dev = rank_device(resolve_device(device), dist)
     if dev.type == "cpu":
         use_all_cpu_cores()
     if log is not None:
         log.emit("start", scheme=scheme, pick=pick, beta=beta, balance=pick == "balanced", n=n,
-                 pool=str(pool_path), model=str(model_path),
+                 pool=str(pool_path), model=None if model_path is None else str(model_path),
                  world_size=dist.world_size, device=str(dev), outputs=paths)
     with _model_and_pool(model_path, pool_path, dev) as (model, meta, pool):
         ranked = select_from_pool(
