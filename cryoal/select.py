@@ -95,7 +95,8 @@ def select_from_pool(
     global positions, see `cryoal.io.prefetch.batch_plan`), rank 0 gathers the per-particle
     results (features, for coreset/badge) and ranks them exactly as one process does; the other
     ranks return None. A failure on any rank raises a CryoalError on every rank.
-    `pick` (score-based schemes only; None: `picks.DEFAULT_PICK`) is how the `n` rows are drawn
+    `pick` (score-based schemes only; None: `picks.default_pick`, which is an embedding pick on a
+    pool whose embedding can be used; `Ranked.extra["pick"]` says which) is how the `n` rows are drawn
     from the scores (`cryoal.scoring.picks`), with `beta` for the sampled picks and `seed` for
     their noise; `balance=True` is `pick="balanced"`. `calibrated` divides the logits by the
     model's fitted temperature (`cryoal.learn.calibration`) wherever probabilities or gradients of the
@@ -114,8 +115,10 @@ def select_from_pool(
     from cryoal.scoring.picks import EMBEDDING_PICKS
     from cryoal.scoring.registry import ScoreScheme
 
+    # the default pick follows the pool: an embedding pick where the embedding can be used
+    embedded = pick is None and not balance and embedding_problem(pool, encoder_digest) is None
     sch, pick = _checked_options(model, scheme, n, batch_size, norm, mc_passes, samples, pool_subset,
-                                 pick, balance, beta)
+                                 pick, balance, beta, embedded)
     cand, n_out, n_unlabelled = _candidates(pool, n, pool_subset, seed)
     uses_embedding = getattr(sch, "embedding", False) or pick in EMBEDDING_PICKS
     problem = embedding_problem(pool, encoder_digest) if uses_embedding else None
@@ -132,7 +135,8 @@ def select_from_pool(
 
 
 def _checked_options(model, scheme: str, n: int | None, batch_size: int, norm: str, mc_passes: int,
-                     samples: int, pool_subset: int | None, pick: str | None, balance: bool, beta: float):
+                     samples: int, pool_subset: int | None, pick: str | None, balance: bool, beta: float,
+                     embedded: bool = False):
     """(the scheme, the pick it uses); CryoalError naming the first option that cannot work."""
     from cryoal.scoring import get_scheme
     from cryoal.scoring.gradnorm import NORMS
@@ -158,7 +162,7 @@ def _checked_options(model, scheme: str, n: int | None, batch_size: int, norm: s
     if scheme == "bald" and model is not None and not has_dropout(model):
         raise CryoalError("--scheme bald needs a model with a dropout layer (MC dropout); this one has none")
     pick = resolve_pick(scheme, not isinstance(sch, ScoreScheme), pick, balance, beta,
-                        nonnegative=getattr(sch, "nonnegative", True))
+                        nonnegative=getattr(sch, "nonnegative", True), embedded=embedded)
     return sch, pick
 
 
@@ -237,7 +241,8 @@ def _rank_by_scores(job: _Job, sch, cand: np.ndarray, n_out: int, n_unlabelled: 
     embedding = _embedding_rows(job.pool, cand) if uses_embedding else None
     order = pick_order(scores, ids[cand], probs_top, n_out, pick=pick, beta=beta, seed=job.seed,
                        embedding=embedding)
-    return Ranked(cand[order], scores[order], probs_top[order], conf[order], job.total, n_unlabelled)
+    return Ranked(cand[order], scores[order], probs_top[order], conf[order], job.total, n_unlabelled,
+                  extra={"pick": pick})
 
 
 def _score_candidates(job: _Job, sch, cand: np.ndarray, norm: str, mc_passes: int,
@@ -413,8 +418,8 @@ def _needs_model(scheme: str) -> OptionError:
 
 
 def _planned(scheme: str, pick: str | None, balance: bool, beta: float, has_model: bool,
-             out: str | os.PathLike, fmt: str) -> tuple[str | None, bool, dict[str, str]]:
-    """(the pick, whether it is the scheme's default, the output paths), checked; OptionError
+             out: str | os.PathLike, fmt: str) -> tuple[bool, dict[str, str]]:
+    """(whether the pick is the scheme's default, the output paths), checked; OptionError
     (a CryoalError) on an unknown scheme or pick, a scheme that needs a model without one, or a
     STAR output (it carries predicted classes) without a model."""
     from cryoal.io.atomic import check_output_dir
@@ -424,8 +429,8 @@ def _planned(scheme: str, pick: str | None, balance: bool, beta: float, has_mode
 
     sch = get_scheme(scheme)
     pick_default = pick is None and not balance and isinstance(sch, ScoreScheme)
-    pick = resolve_pick(scheme, not isinstance(sch, ScoreScheme), pick, balance, beta,
-                        nonnegative=getattr(sch, "nonnegative", True))
+    resolve_pick(scheme, not isinstance(sch, ScoreScheme), pick, balance, beta,
+                 nonnegative=getattr(sch, "nonnegative", True))  # select_from_pool resolves the default
     paths = output_paths(out, fmt)
     if not has_model and not getattr(sch, "embedding", False):
         raise _needs_model(scheme)
@@ -434,7 +439,7 @@ def _planned(scheme: str, pick: str | None, balance: bool, beta: float, has_mode
                           "or use --format csv")
     for path in paths.values():
         check_output_dir(path)
-    return pick, pick_default, paths
+    return pick_default, paths
 
 
 @contextmanager
@@ -481,19 +486,20 @@ def select_pool(
     t0 = time.perf_counter()
     dist = dist or DistContext()
     # fail on an unknown scheme or pick, or a missing model, before any heavy work
-    pick, pick_default, paths = _planned(scheme, pick, balance, beta, model_path is not None, out_csv, fmt)
+    pick_default, paths = _planned(scheme, pick, balance, beta, model_path is not None, out_csv, fmt)
     dev = rank_device(resolve_device(device), dist)
     if dev.type == "cpu":
         use_all_cpu_cores()
     if log is not None:
-        log.emit("start", scheme=scheme, pick=pick, beta=beta, balance=pick == "balanced", n=n,
+        log.emit("start", scheme=scheme, pick=pick or ("balanced" if balance else None), beta=beta,
+                 balance=balance or pick == "balanced", n=n,
                  pool=str(pool_path), model=None if model_path is None else str(model_path),
                  world_size=dist.world_size, device=str(dev), outputs=paths)
     with _model_and_pool(model_path, pool_path, dev) as (model, meta, pool):
         ranked = select_from_pool(
             pool, model, scheme=scheme, n=n, batch_size=batch_size, seed=seed,
             pool_subset=pool_subset, norm=norm, mc_passes=mc_passes, progress=progress, dist=dist,
-            samples=samples, pick=pick, beta=beta, calibrated=calibrated,
+            samples=samples, pick=pick, balance=balance, beta=beta, calibrated=calibrated,
             encoder_digest=meta.get("encoder_digest"),
         )
         summary: dict[str, Any] | None = None
@@ -514,8 +520,9 @@ def select_pool(
                 write_csv(paths["csv"], {c: columns[c] for c in CSV_COLUMNS})
             top = [{c: columns[c][i] for c in CSV_COLUMNS} for i in range(min(5, len(columns["rank"])))]
             summary = {
-                "scheme": scheme, "pick": pick, "pick_default": pick_default, "beta": beta,
-                "balance": pick == "balanced", "model": None if model_path is None else str(model_path),
+                "scheme": scheme, "pick": ranked.extra.get("pick"), "pick_default": pick_default,
+                "beta": beta, "balance": ranked.extra.get("pick") == "balanced",
+                "model": None if model_path is None else str(model_path),
                 "calibrated": calibrated,
                 "temperature": float(meta.get("temperature", 1.0)) if calibrated else 1.0,
                 "n_written": len(columns["rank"]),
