@@ -13,12 +13,13 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from cryoal.errors import CryoalError, OptionError
+from cryoal.errors import CryoalError, OptionError, PoolError
 from cryoal.learn.device import exact_float32
 from cryoal.scoring.picks import interleave_by_class, pick_order, rank_by_score  # noqa: F401 (public here too)
 
@@ -83,6 +84,7 @@ def select_from_pool(
     pool_subset: int | None = None, norm: str = "l2", mc_passes: int = 20,
     progress: Progress | None = None, dist=None, samples: int = 8, balance: bool = False,
     pick: str | None = None, beta: float = 1.0, calibrated: bool = True, score_cache: dict | None = None,
+    encoder_digest: str | None = None,
 ) -> Ranked | None:
     """Score an open pool's unlabelled particles with `model` (already on its device) and rank them.
 
@@ -93,7 +95,8 @@ def select_from_pool(
     global positions, see `cryoal.io.prefetch.batch_plan`), rank 0 gathers the per-particle
     results (features, for coreset/badge) and ranks them exactly as one process does; the other
     ranks return None. A failure on any rank raises a CryoalError on every rank.
-    `pick` (score-based schemes only; None: `picks.DEFAULT_PICK`) is how the `n` rows are drawn
+    `pick` (score-based schemes only; None: `picks.default_pick`, which is an embedding pick on a
+    pool whose embedding can be used; `Ranked.extra["pick"]` says which) is how the `n` rows are drawn
     from the scores (`cryoal.scoring.picks`), with `beta` for the sampled picks and `seed` for
     their noise; `balance=True` is `pick="balanced"`. `calibrated` divides the logits by the
     model's fitted temperature (`cryoal.learn.calibration`) wherever probabilities or gradients of the
@@ -101,24 +104,39 @@ def select_from_pool(
     keeps the per-particle scores of score-based schemes keyed by the model's weights, temperature,
     the scheme's options and the candidates, so variants that differ only by their pick score a
     shared model once.
+    An embedding scheme (typiclust) reads the pool's embeddings and needs no model (`model=None`);
+    so do the embedding picks (`picks.EMBEDDING_PICKS`) beside the model. `encoder_digest` (the
+    checkpoint's, for a model fine-tuned from an encoder) must match the embedding's: a missing,
+    partial or stale embedding raises PoolError with the command that fixes it, before any scoring.
     """
+    from cryoal.io.embedding import embedding_problem
     from cryoal.learn.calibration import temperature_of
     from cryoal.learn.distributed import DistContext
+    from cryoal.scoring.picks import EMBEDDING_PICKS
     from cryoal.scoring.registry import ScoreScheme
 
+    # the default pick follows the pool: an embedding pick where the embedding can be used
+    embedded = pick is None and not balance and embedding_problem(pool, encoder_digest) is None
     sch, pick = _checked_options(model, scheme, n, batch_size, norm, mc_passes, samples, pool_subset,
-                                 pick, balance, beta)
+                                 pick, balance, beta, embedded)
     cand, n_out, n_unlabelled = _candidates(pool, n, pool_subset, seed)
+    uses_embedding = getattr(sch, "embedding", False) or pick in EMBEDDING_PICKS
+    problem = embedding_problem(pool, encoder_digest) if uses_embedding else None
+    if problem:  # every rank sees the same pool: all refuse alike, before any scoring
+        raise PoolError(problem)
     job = _Job(pool, model, dist or DistContext(), batch_size, progress, seed,
                temperature_of(model) if calibrated else 1.0, total=cand.size)
     if isinstance(sch, ScoreScheme):
         return _rank_by_scores(job, sch, cand, n_out, n_unlabelled, pick, beta,
-                               (scheme, norm, mc_passes, samples), score_cache)
+                               (scheme, norm, mc_passes, samples), score_cache, uses_embedding)
+    if sch.embedding:
+        return _rank_by_embedding(job, sch, cand, n_out, n_unlabelled)
     return _rank_by_batch_scheme(job, sch, cand, n_out, n_unlabelled)
 
 
 def _checked_options(model, scheme: str, n: int | None, batch_size: int, norm: str, mc_passes: int,
-                     samples: int, pool_subset: int | None, pick: str | None, balance: bool, beta: float):
+                     samples: int, pool_subset: int | None, pick: str | None, balance: bool, beta: float,
+                     embedded: bool = False):
     """(the scheme, the pick it uses); CryoalError naming the first option that cannot work."""
     from cryoal.scoring import get_scheme
     from cryoal.scoring.gradnorm import NORMS
@@ -127,6 +145,8 @@ def _checked_options(model, scheme: str, n: int | None, batch_size: int, norm: s
     from cryoal.scoring.uncertainty import has_dropout
 
     sch = get_scheme(scheme)
+    if model is None and not getattr(sch, "embedding", False):
+        raise _needs_model(scheme)
     if n is not None and n < 0:
         raise OptionError(f"-n {n}: must be 0 (every unlabelled particle) or more")
     if batch_size < 1:
@@ -139,10 +159,10 @@ def _checked_options(model, scheme: str, n: int | None, batch_size: int, norm: s
         raise OptionError(f"--samples {samples}: must be at least 1")
     if pool_subset is not None and pool_subset < 1:
         raise OptionError(f"--pool-subset {pool_subset}: must be at least 1")
-    if scheme == "bald" and not has_dropout(model):
+    if scheme == "bald" and model is not None and not has_dropout(model):
         raise CryoalError("--scheme bald needs a model with a dropout layer (MC dropout); this one has none")
     pick = resolve_pick(scheme, not isinstance(sch, ScoreScheme), pick, balance, beta,
-                        nonnegative=getattr(sch, "nonnegative", True))
+                        nonnegative=getattr(sch, "nonnegative", True), embedded=embedded)
     return sch, pick
 
 
@@ -196,8 +216,10 @@ class _Job:
 
 
 def _rank_by_scores(job: _Job, sch, cand: np.ndarray, n_out: int, n_unlabelled: int, pick: str | None,
-                    beta: float, options: tuple, score_cache: dict | None) -> Ranked | None:
-    """Score-based schemes: score every candidate (or reuse the cache), then draw `n_out` by `pick`."""
+                    beta: float, options: tuple, score_cache: dict | None,
+                    uses_embedding: bool = False) -> Ranked | None:
+    """Score-based schemes: score every candidate (or reuse the cache), then draw `n_out` by `pick`
+    (an embedding pick reads the candidates' and the labelled particles' embeddings, on rank 0)."""
     scheme, norm, mc_passes, samples = options
     ids = job.pool.particle_ids
     key = None
@@ -216,8 +238,11 @@ def _rank_by_scores(job: _Job, sch, cand: np.ndarray, n_out: int, n_unlabelled: 
         return None
     scores, probs_top, conf = parts["scores"], parts["top"], parts["conf"]
     assert pick is not None
-    order = pick_order(scores, ids[cand], probs_top, n_out, pick=pick, beta=beta, seed=job.seed)
-    return Ranked(cand[order], scores[order], probs_top[order], conf[order], job.total, n_unlabelled)
+    embedding = _embedding_rows(job.pool, cand) if uses_embedding else None
+    order = pick_order(scores, ids[cand], probs_top, n_out, pick=pick, beta=beta, seed=job.seed,
+                       embedding=embedding)
+    return Ranked(cand[order], scores[order], probs_top[order], conf[order], job.total, n_unlabelled,
+                  extra={"pick": pick})
 
 
 def _score_candidates(job: _Job, sch, cand: np.ndarray, norm: str, mc_passes: int,
@@ -276,6 +301,42 @@ def _rank_by_batch_scheme(job: _Job, sch, cand: np.ndarray, n_out: int, n_unlabe
                   extra={"n_labelled_centres": int(labelled.size)})
 
 
+def _embedding_rows(pool, cand: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(embeddings of `cand`, embeddings of the labelled particles), already checked for staleness."""
+    from cryoal.io.embedding import EMBEDDING
+
+    ds = pool.h5[EMBEDDING]
+    labelled = np.flatnonzero(pool.labels >= 0)
+
+    def read(rows: np.ndarray) -> np.ndarray:  # h5py reads increasing rows: read sorted, put back
+        if not rows.size:
+            return np.zeros((0, ds.shape[1]))
+        up = np.argsort(rows, kind="stable")
+        out = np.empty((rows.size, ds.shape[1]))
+        out[up] = ds[rows[up]]
+        return out
+
+    return read(np.asarray(cand)), read(labelled)
+
+
+def _rank_by_embedding(job: _Job, sch, cand: np.ndarray, n_out: int, n_unlabelled: int) -> Ranked | None:
+    """Embedding schemes (typiclust): choose from the pool's embeddings on rank 0 (nothing to
+    shard: no model runs); the scores are the scheme's (typicality), predictions stay empty."""
+
+    def choose() -> Ranked | None:
+        if not job.dist.is_main:
+            return None
+        feats, lab_feats = _embedding_rows(job.pool, cand)
+        order, gains = sch.choose(None, feats, n_out, lab_feats, job.seed)
+        k = order.size
+        return Ranked(cand[order], np.asarray(gains, dtype=np.float64), np.full(k, -1), np.full(k, np.nan),
+                      job.total, n_unlabelled, extra={"n_labelled_centres": int(lab_feats.shape[0])})
+
+    from cryoal.learn.distributed import run_on_all_ranks
+
+    return run_on_all_ranks(choose, job.dist)
+
+
 def _embed(job: _Job, indices: np.ndarray, done0: int, total: int) -> tuple[np.ndarray, np.ndarray] | None:
     """Features (M, F) and probabilities (M, C) of `indices`, in the order given (rank 0 only)."""
     import torch
@@ -314,8 +375,11 @@ def ranked_columns(pool, ranked: Ranked, class_names: list[str]) -> dict[str, li
         "rank": [str(i + 1) for i in range(rows.size)],
         "particle_id": [str(v) for v in pool.particle_ids[rows]],
         "score": [_format_float(v) for v in ranked.scores],
-        "predicted_label": [names[k] if 0 <= k < len(names) else str(k) for k in ranked.predicted],
-        "confidence": [format(float(c), CONFIDENCE_FORMAT) for c in ranked.confidence],
+        # no model (typiclust alone): predicted -1 and confidence NaN are written empty
+        "predicted_label": [names[k] if 0 <= k < len(names) else "" if k < 0 else str(k)
+                            for k in ranked.predicted],
+        "confidence": [format(float(c), CONFIDENCE_FORMAT) if math.isfinite(c) else ""
+                       for c in ranked.confidence],
         "source": [str(v) for v in pool.sources[rows]],
         "tomo": [str(v) for v in pool.tomos[rows]],
         "x": [_format_coord(v) for v in coords[:, 0]],
@@ -348,9 +412,53 @@ def output_paths(out: str | os.PathLike, fmt: str) -> dict[str, str]:
     return {"csv": str(out), "star": str(star)}
 
 
+def _needs_model(scheme: str) -> OptionError:
+    return OptionError(f"--scheme {scheme} scores with a model: give one with -m MODEL "
+                       "(only typiclust picks from the pool's embeddings alone)")
+
+
+def _planned(scheme: str, pick: str | None, balance: bool, beta: float, has_model: bool,
+             out: str | os.PathLike, fmt: str) -> tuple[bool, dict[str, str]]:
+    """(whether the pick is the scheme's default, the output paths), checked; OptionError
+    (a CryoalError) on an unknown scheme or pick, a scheme that needs a model without one, or a
+    STAR output (it carries predicted classes) without a model."""
+    from cryoal.io.atomic import check_output_dir
+    from cryoal.scoring import get_scheme
+    from cryoal.scoring.picks import resolve_pick
+    from cryoal.scoring.registry import ScoreScheme
+
+    sch = get_scheme(scheme)
+    pick_default = pick is None and not balance and isinstance(sch, ScoreScheme)
+    resolve_pick(scheme, not isinstance(sch, ScoreScheme), pick, balance, beta,
+                 nonnegative=getattr(sch, "nonnegative", True))  # select_from_pool resolves the default
+    paths = output_paths(out, fmt)
+    if not has_model and not getattr(sch, "embedding", False):
+        raise _needs_model(scheme)
+    if not has_model and "star" in paths:
+        raise OptionError(f"--format {fmt} writes predicted classes: give a model with -m, "
+                          "or use --format csv")
+    for path in paths.values():
+        check_output_dir(path)
+    return pick_default, paths
+
+
+@contextmanager
+def _model_and_pool(model_path: str | os.PathLike | None, pool_path: str | os.PathLike, device):
+    """(model, metadata, open pool): the checkpoint's, or (None, the pool's class names) without one."""
+    from cryoal.io.pool import open_pool
+    from cryoal.learn.checkpoint import model_and_pool
+
+    if model_path is not None:
+        with model_and_pool(model_path, pool_path, device) as loaded:
+            yield loaded
+        return
+    with open_pool(pool_path) as pool:
+        yield None, {"class_names": list(pool.class_names)}, pool
+
+
 @exact_float32()
 def select_pool(
-    pool_path: str | os.PathLike, model_path: str | os.PathLike, out_csv: str | os.PathLike, *,
+    pool_path: str | os.PathLike, model_path: str | os.PathLike | None, out_csv: str | os.PathLike, *,
     scheme: str, n: int | None = None, batch_size: int = 32, device: str = "auto", seed: int | None = 0,
     pool_subset: int | None = None, norm: str = "l2", mc_passes: int = 20,
     progress: Progress | None = None, fmt: str = "csv", dist=None, log=None, samples: int = 8,
@@ -364,41 +472,35 @@ def select_pool(
     ranks share the scoring, rank 0 alone writes and returns the summary (None elsewhere), and the
     files are byte-identical to one process's (with the same threads per process). `log` is an
     optional `cryoal.io.logjson.EventLog` (start, progress, done events). `balance`, `pick`, `beta`,
-    `calibrated`: see `select_from_pool`.
+    `calibrated`: see `select_from_pool`. `model_path=None` is allowed for an embedding scheme
+    (typiclust): the pool's embeddings alone choose, and the CSV's predicted_label and confidence
+    stay empty. The summary's `pick_default` says whether `pick` is the scheme's default.
     """
     import time
 
     from cryoal.export import write_selection_star
-    from cryoal.io.atomic import check_output_dir
     from cryoal.io.tables import write_csv
-    from cryoal.learn.checkpoint import model_and_pool
     from cryoal.learn.device import resolve_device, use_all_cpu_cores
     from cryoal.learn.distributed import DistContext, rank_device, run_on_all_ranks
-    from cryoal.scoring import get_scheme
 
     t0 = time.perf_counter()
     dist = dist or DistContext()
-    from cryoal.scoring.picks import resolve_pick
-    from cryoal.scoring.registry import ScoreScheme
-
-    sch = get_scheme(scheme)  # fail on an unknown scheme or pick before any heavy work
-    pick = resolve_pick(scheme, not isinstance(sch, ScoreScheme), pick, balance, beta,
-                        nonnegative=getattr(sch, "nonnegative", True))
-    paths = output_paths(out_csv, fmt)
-    for path in paths.values():
-        check_output_dir(path)
+    # fail on an unknown scheme or pick, or a missing model, before any heavy work
+    pick_default, paths = _planned(scheme, pick, balance, beta, model_path is not None, out_csv, fmt)
     dev = rank_device(resolve_device(device), dist)
     if dev.type == "cpu":
         use_all_cpu_cores()
     if log is not None:
-        log.emit("start", scheme=scheme, pick=pick, beta=beta, balance=pick == "balanced", n=n,
-                 pool=str(pool_path), model=str(model_path),
+        log.emit("start", scheme=scheme, pick=pick or ("balanced" if balance else None), beta=beta,
+                 balance=balance or pick == "balanced", n=n,
+                 pool=str(pool_path), model=None if model_path is None else str(model_path),
                  world_size=dist.world_size, device=str(dev), outputs=paths)
-    with model_and_pool(model_path, pool_path, dev) as (model, meta, pool):
+    with _model_and_pool(model_path, pool_path, dev) as (model, meta, pool):
         ranked = select_from_pool(
             pool, model, scheme=scheme, n=n, batch_size=batch_size, seed=seed,
             pool_subset=pool_subset, norm=norm, mc_passes=mc_passes, progress=progress, dist=dist,
-            samples=samples, pick=pick, beta=beta, calibrated=calibrated,
+            samples=samples, pick=pick, balance=balance, beta=beta, calibrated=calibrated,
+            encoder_digest=meta.get("encoder_digest"),
         )
         summary: dict[str, Any] | None = None
 
@@ -418,7 +520,9 @@ def select_pool(
                 write_csv(paths["csv"], {c: columns[c] for c in CSV_COLUMNS})
             top = [{c: columns[c][i] for c in CSV_COLUMNS} for i in range(min(5, len(columns["rank"])))]
             summary = {
-                "scheme": scheme, "pick": pick, "beta": beta, "balance": pick == "balanced",
+                "scheme": scheme, "pick": ranked.extra.get("pick"), "pick_default": pick_default,
+                "beta": beta, "balance": ranked.extra.get("pick") == "balanced",
+                "model": None if model_path is None else str(model_path),
                 "calibrated": calibrated,
                 "temperature": float(meta.get("temperature", 1.0)) if calibrated else 1.0,
                 "n_written": len(columns["rank"]),

@@ -260,6 +260,11 @@ def test_score_every_scheme(scheme):
     elif scheme == "badge":
         order, gains = diversity.badge_select(p, feats, 7, seed=0)
         np.testing.assert_allclose(s[order], gains, rtol=1e-6)
+    elif scheme == "typiclust":  # on the model's features; select reads the pool's embeddings
+        from cryoal.scoring.typiclust import typiclust_order
+
+        order, typ = typiclust_order(feats, np.zeros(7, bool), 7, seed=0)
+        np.testing.assert_allclose(s[order], typ, rtol=1e-6)
 
 
 def test_score_unknown_scheme():

@@ -91,7 +91,8 @@ def test_choice_options_list_their_choices():
 def test_select_summary_and_benchmark_schemes_help():
     select = flat(help_text("select"))
     assert "write the top N" not in select
-    assert "write N of them, ranked" in select and "--pick top (the default) writes the N highest" in select
+    assert "write N of them, ranked" in select and "--pick power-balanced (the default)" in select
+    assert "--pick top (the paper's rule) writes the N highest" in select and "typiclust" in select
     bench = flat(help_text("benchmark"))
     assert "SCHEME[:PICK][:uncalibrated]" in bench and "expected:power" in bench
     assert "SCHEME-balanced is SCHEME:balanced" in bench

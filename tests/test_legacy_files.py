@@ -67,7 +67,7 @@ def test_predict_writes_the_recorded_predictions(files, tmp_path):
 def test_select_ranks_the_unlabelled_by_the_recorded_scores(files, tmp_path):
     out = tmp_path / "sel.csv"
     res = cli("select", files[0], "-m", files[1], "-o", out, "--scheme", "entropy", "-n", "5",
-              "--device", "cpu")
+              "--device", "cpu", "--pick", "top")  # top: the recorded scores' order
     assert res.exit_code == 0, res.output
     with open(out, newline="") as f:
         picked = [r["particle_id"] for r in csv.DictReader(f)]

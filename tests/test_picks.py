@@ -16,6 +16,7 @@ from scipy import stats
 
 from cryoal.errors import CryoalError
 from cryoal.scoring.picks import (
+    EMBEDDING_PICKS,
     PICKS,
     class_normalised,
     interleave_by_class,
@@ -153,7 +154,7 @@ def test_top_ties_are_broken_by_particle_id():
     assert np.array_equal(order, rank_by_score(scores, ids))
 
 
-@pytest.mark.parametrize("pick", PICKS)
+@pytest.mark.parametrize("pick", [p for p in PICKS if p not in EMBEDDING_PICKS])  # those: test_typiclust
 def test_every_pick_is_deterministic_under_its_seed(pick):
     rng = np.random.default_rng(3)
     scores, predicted, ids = rng.random(60), rng.integers(0, 3, 60), _ids(60)
@@ -191,7 +192,14 @@ def test_power_refuses_negative_scores(pick):
 
 
 def test_resolve_pick_rules():
-    assert resolve_pick("expected", False, None) == "top"
+    assert resolve_pick("expected", False, None) == "power-balanced"  # the default since the SNR study
+    assert resolve_pick("random", False, None) == "top"  # plain random sampling stays the reference
+    assert resolve_pick("expected", False, None, nonnegative=False) == "softrank"
+    assert resolve_pick("expected", False, "top") == "top"
+    assert resolve_pick("expected", False, None, embedded=True) == "cluster-power"  # a pool with embeddings
+    assert resolve_pick("expected", False, None, nonnegative=False, embedded=True) == "cluster"
+    assert resolve_pick("random", False, None, embedded=True) == "top"
+    assert resolve_pick("expected", False, "power", embedded=True) == "power"
     assert resolve_pick("expected", False, None, balance=True) == "balanced"
     assert resolve_pick("badge", True, None) is None
     for bad in ({"pick": "power"}, {"pick": None, "balance": True}):

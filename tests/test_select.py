@@ -96,7 +96,7 @@ def _pool_arrays(env):
 
 
 def test_csv_contract(env, tmp_path):
-    header, rows = select(env, tmp_path, n=6)
+    header, rows = select(env, tmp_path, "--pick", "top", n=6)
     assert header == COLUMNS
     assert [r["rank"] for r in rows] == ["1", "2", "3", "4", "5", "6"]
     scores = [float(r["score"]) for r in rows]
@@ -147,7 +147,7 @@ def test_tensor_sum_norm(env, tmp_path):
 
 
 def test_ties_break_by_particle_id(env, tmp_path):
-    _, rows = select(env, tmp_path, scheme="max-entropy", n=0)
+    _, rows = select(env, tmp_path, "--pick", "top", scheme="max-entropy", n=0)
     ids = [r["particle_id"] for r in rows]
     a, b = sorted(IDS[i] for i in DUPLICATE)
     assert rows[ids.index(a)]["score"] == rows[ids.index(b)]["score"]
@@ -289,7 +289,7 @@ def test_interleave_by_class_matches_round_robin(seed):
 
 
 def test_balance_picks_each_predicted_class_in_turn(env, tmp_path):
-    _, plain = select(env, tmp_path, scheme="expected", n=0, name="plain.csv")
+    _, plain = select(env, tmp_path, "--pick", "top", scheme="expected", n=0, name="plain.csv")
     _, bal = select(env, tmp_path, "--balance", scheme="expected", n=0, name="bal.csv")
     # the same particles and scores, reordered: round robin over the predicted classes, each
     # class in score order, and the first pick is still the global best

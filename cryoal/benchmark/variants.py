@@ -3,7 +3,11 @@
 `<scheme>[:<pick>][:uncalibrated]`, e.g. `expected:power`, `expected:balanced:uncalibrated`:
 - `<scheme>` is a `cryoal select --scheme` (the registry's names);
 - `<pick>` is a `--pick` (`cryoal.scoring.picks`); without it the variant does what
-  `cryoal select --scheme <scheme>` does by default, so a bare name measures what users get;
+  `cryoal select --scheme <scheme>` does by default (`picks.default_pick`: power-balanced, or
+  cluster-power on a pool with a usable embedding, and top for `random`), so a bare name measures
+  what users get; `expected:top` is the paper's rule.
+  The embedding picks (`expected:cluster`, `expected:cluster-power`) and `typiclust` read the
+  pool's embeddings (`cryoal pretrain`), as `select` does;
 - `uncalibrated` is `--no-calibration` (raw logits instead of the fitted temperature).
 `<scheme>-balanced` (the older spelling) is an alias of `<scheme>:balanced`. The name as written
 is what curves.csv and the tables show.

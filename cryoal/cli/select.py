@@ -1,4 +1,5 @@
-"""`cryoal select POOL -m MODEL --scheme S -n N -o CSV`: which unlabelled particles to label next."""
+"""`cryoal select POOL -m MODEL --scheme S -n N -o CSV`: which unlabelled particles to label next
+(`cryoal select POOL --scheme typiclust -n N -o CSV` needs no model: the pool's embeddings choose)."""
 
 from __future__ import annotations
 
@@ -9,18 +10,30 @@ import typer
 
 from cryoal.cli.app import command, stderr_console
 from cryoal.cli.options import choice_option, device_option, norm_names, output_option, scheme_names
-from cryoal.scoring.picks import DEFAULT_PICK, PICK_HELP, PICKS
+from cryoal.scoring.picks import (
+    DEFAULT_PICK,
+    EMBEDDED_DEFAULT_PICK,
+    EMBEDDING_PICKS,
+    PICK_HELP,
+    PICKS,
+    SCHEME_DEFAULT_PICKS,
+)
 from cryoal.select import DEFAULT_N, FORMATS
 
 
-@command(epilog="Example: cryoal select pool.h5 -m model.pt --scheme expected -n 100 -o to_label.csv")
+@command(epilog="Example: cryoal select pool.h5 -m model.pt --scheme expected -n 100 -o to_label.csv   |   "
+         "cryoal select pool.h5 --scheme typiclust -n 50 -o first.csv   (no labels yet: after pretraining)")
 def select(
     pool: Path = typer.Argument(..., help="Pool file (HDF5)."),
-    model: Path = typer.Option(..., "-m", "--model", help="Model checkpoint from `cryoal train`."),
+    model: Path | None = typer.Option(
+        None, "-m", "--model", show_default=False,
+        help="Model checkpoint from `cryoal train` (needed by every scheme but typiclust).",
+    ),
     output: Path = output_option("Ranked CSV to write (fill its `label` column)."),
     scheme: str = choice_option(
         "expected", "-s", "--scheme", choices=scheme_names,
-        help="Scoring scheme: a score per particle, or a diverse batch (coreset, badge).",
+        help="Scoring scheme: a score per particle, a diverse batch (coreset, badge), or typiclust "
+        "(the pool's embeddings alone, from `cryoal pretrain`; no -m, zero labels allowed).",
     ),
     n: int | None = typer.Option(
         None, "-n", min=0, show_default=False,
@@ -50,7 +63,9 @@ def select(
     pick: str = choice_option(
         None, "-p", "--pick", choices=PICKS,
         help="How the N rows are drawn from the scores (score-based schemes): "
-        + "; ".join(f"{k}: {v}" for k, v in PICK_HELP.items()) + f". Default: {DEFAULT_PICK}."
+        + "; ".join(f"{k}: {v}" for k, v in PICK_HELP.items()) + f". Default: {DEFAULT_PICK}, or "
+        f"{EMBEDDED_DEFAULT_PICK} on a pool with usable embeddings ("
+        + ", ".join(f"{k}: {v}" for k, v in SCHEME_DEFAULT_PICKS.items()) + "); the summary says which."
     ),
     beta: float = typer.Option(
         1.0, "--beta", help="Exponent of the sampled picks (power, softrank, power-balanced, classnorm)."
@@ -73,8 +88,11 @@ def select(
 ) -> None:
     """Score the unlabelled particles and write N of them, ranked (higher score = label first).
 
-    Which N: --pick top (the default) writes the N highest scores; the other picks draw the N from
-    the scores (sampled or class-balanced), and a batch scheme (coreset, badge) chooses a diverse N.
+    Which N: --pick power-balanced (the default) draws the N inside each predicted class, in turn;
+    --pick top (the paper's rule) writes the N highest scores; --pick cluster-power (the default
+    on a pool with embeddings) spreads them over k-means clusters of the pool's embeddings. A
+    batch scheme (coreset, badge) chooses a diverse N, and typiclust the most typical particle of
+    each uncovered cluster, with no model.
 
     Under `torchrun --nproc-per-node N -m cryoal select ...` the ranks share the scoring and rank 0
     writes the same file a single process would.
@@ -118,7 +136,7 @@ def select(
         return
     for warning in summary["warnings"]:
         console.print(f"warning: {warning}", highlight=False)
-    table = Table(title=f"top of {output} ({scheme})", title_justify="left")
+    table = Table(title=f"top of {output} ({scheme}{_pick_words(summary)})", title_justify="left")
     for col in ("rank", "particle_id", "score", "predicted_label", "confidence"):
         table.add_column(col, justify="right" if col in ("rank", "score", "confidence") else "left")
     for row in summary["top"]:
@@ -132,6 +150,16 @@ def select(
         where = " and ".join(summary["outputs"].values())
         typer.echo(
             f"wrote {summary['n_written']} of {summary['n_scored']} scored particles to {where} "
-            f"(scheme {scheme}{', pick ' + summary['pick'] if summary['pick'] else ''}; "
+            f"(scheme {scheme}{_pick_words(summary)}; "
             f"{summary['n_unlabelled']} unlabelled in the pool)"
         )
+
+
+def _pick_words(summary: dict) -> str:
+    """', pick NAME' for the summary line, marked '(default)' when no --pick chose it."""
+    if not summary["pick"]:
+        return ""
+    if not summary.get("pick_default"):
+        return f", pick {summary['pick']}"
+    why = " on a pool with embeddings" if summary["pick"] in EMBEDDING_PICKS else ""
+    return f", pick {summary['pick']} (default{why})"

@@ -21,6 +21,19 @@ classes (docs/studies.md, "The SNR study"). The other picks spread the batch:
   than `balanced` would give it. The idea is per-class score normalisation, as used in
   class-balanced acquisition (e.g. Bengar et al., "Class-Balanced Active Learning for Image
   Classification", WACV 2022), combined with Kirsch et al.'s power draw.
+- `cluster`, `cluster-power` (embedding-aware; the pool needs embeddings, `cryoal pretrain`):
+  k-means of the labelled particles' and the candidates' embeddings into labelled + n clusters,
+  as TypiClust does; each next pick comes from the cluster with the fewest labelled-or-picked
+  particles (so the uncovered clusters first, largest first), and inside it the best score
+  (`cluster`) or the power draw (`cluster-power`). The batch then covers the data as TypiClust's
+  does, while the score still chooses inside each region (`cryoal.scoring.typiclust`).
+
+The default (`default_pick`) is `power-balanced`: this project's SNR study found it at least as
+good as `top` at all four SNRs. On a pool whose embedding can be used (`cryoal pretrain`, not
+stale) it is `cluster-power`: on a linear probe of an embedding (benchmarks/embedding_picks.py,
+two simulated pools, 20 seeds) it was the best score-based pick and above random where
+`power-balanced` was not. `random` keeps `top`: its scores are uniform draws, so `top` is plain
+random sampling, the reference every study compares with.
 
 Every pick is a pure function of (scores, particle ids, predicted classes, n, beta, seed): the
 sampled ones draw their noise from `seed` alone, one number per candidate in the order given, so
@@ -35,10 +48,15 @@ import numpy as np
 
 from cryoal.errors import OptionError
 
-PICKS = ("top", "power", "softrank", "balanced", "power-balanced", "classnorm")
+PICKS = ("top", "power", "softrank", "balanced", "power-balanced", "classnorm", "cluster", "cluster-power")
 # the picks whose probabilities read log(score): they need scores >= 0
-NEEDS_NONNEGATIVE = ("power", "power-balanced", "classnorm")
-DEFAULT_PICK = "top"
+NEEDS_NONNEGATIVE = ("power", "power-balanced", "classnorm", "cluster-power")
+# the picks that read the pool's embeddings
+EMBEDDING_PICKS = ("cluster", "cluster-power")
+DEFAULT_PICK = "power-balanced"
+EMBEDDED_DEFAULT_PICK = "cluster-power"  # the default on a pool with a usable embedding
+# schemes whose default pick is not DEFAULT_PICK: `random` stays plain random sampling
+SCHEME_DEFAULT_PICKS = {"random": "top"}
 PICK_HELP = {
     "top": "the global top N (the paper's rule)",
     "power": "N drawn with probability proportional to score^beta (Kirsch et al. 2023)",
@@ -46,6 +64,9 @@ PICK_HELP = {
     "balanced": "round robin over predicted classes, each in score order (= --balance)",
     "power-balanced": "the power draw inside each predicted class, round robin",
     "classnorm": "the power draw on score / mean score of its predicted class",
+    "cluster": "k-means of the embeddings into labelled+N clusters; the best score of each uncovered "
+               "cluster, largest first (needs `cryoal pretrain`)",
+    "cluster-power": "as cluster, with the power draw inside each cluster",
 }
 _NOISE_STREAM = 4  # SeedSequence([seed, 4]): the Gumbel noise of the sampled picks
 
@@ -113,9 +134,19 @@ def class_normalised(scores: np.ndarray, predicted: np.ndarray) -> np.ndarray:
     return out
 
 
+def default_pick(scheme: str, nonnegative: bool = True, embedded: bool = False) -> str:
+    """The pick `select --scheme SCHEME` uses when none is given (see the module docstring):
+    `embedded` when the pool has a usable embedding. On a scheme whose scores can be negative the
+    power draws give way to their rank-based kin (`softrank`, `cluster`)."""
+    pick = SCHEME_DEFAULT_PICKS.get(scheme, EMBEDDED_DEFAULT_PICK if embedded else DEFAULT_PICK)
+    if pick in NEEDS_NONNEGATIVE and not nonnegative:
+        return "cluster" if pick in EMBEDDING_PICKS else "softrank"
+    return pick
+
+
 def resolve_pick(scheme: str, is_batch: bool, pick: str | None, balance: bool = False, beta: float = 1.0,
-                 nonnegative: bool = True) -> str | None:
-    """The pick a selection uses: `pick`, or `balanced` for `--balance`, or DEFAULT_PICK.
+                 nonnegative: bool = True, embedded: bool = False) -> str | None:
+    """The pick a selection uses: `pick`, or `balanced` for `--balance`, or `default_pick(scheme)`.
 
     Batch schemes (coreset, badge) build their own batch: any pick is refused, and None returned.
     OptionError (a CryoalError) on an unknown pick, beta <= 0, `--balance` with another pick, and a pick that
@@ -128,7 +159,7 @@ def resolve_pick(scheme: str, is_batch: bool, pick: str | None, balance: bool = 
         return None
     if balance and pick not in (None, "balanced"):
         raise OptionError(f"--balance is --pick balanced; it cannot be combined with --pick {pick}")
-    chosen = pick or ("balanced" if balance else DEFAULT_PICK)
+    chosen = pick or ("balanced" if balance else default_pick(scheme, nonnegative, embedded))
     check_pick(chosen, beta)
     if chosen in NEEDS_NONNEGATIVE and not nonnegative:
         raise OptionError(f"--pick {chosen} draws with probability proportional to score^beta, and {scheme} "
@@ -169,25 +200,45 @@ _PICK_FNS: dict[str, PickFn] = {
 }
 
 
+def _cluster(scores, ids, n, beta, seed, embedding, power):
+    from cryoal.scoring.typiclust import cluster_pick_order
+
+    # inside a cluster: the global order of `top` or `power` (ties by particle id), as ranks
+    ranked = (_power if power else _top)(scores, ids, None, beta, seed)
+    rank = np.empty(len(scores))
+    rank[ranked] = -np.arange(len(scores), dtype=np.float64)
+    features, labelled_features = embedding
+    return cluster_pick_order(rank, features, labelled_features, n, seed)
+
+
 def pick_order(
     scores: np.ndarray, ids: np.ndarray, predicted: np.ndarray, n: int, pick: str = DEFAULT_PICK,
     beta: float = 1.0, seed: int | None = 0,
+    embedding: tuple[np.ndarray, np.ndarray | None] | None = None,
 ) -> np.ndarray:
     """The first `n` positions (all when n == 0) of `scores` in the order `pick` draws them.
 
     `ids` are the candidates' particle ids (tie-breaks), `predicted` their predicted classes (the
-    balanced picks). Raises OptionError on an unknown pick, beta <= 0, or negative scores for a
-    pick that reads log(score).
+    balanced picks). `embedding` is (candidate features (N, E), labelled features (L, E) or None)
+    for the embedding-aware picks (EMBEDDING_PICKS). Raises OptionError on an unknown pick,
+    beta <= 0, negative scores for a pick that reads log(score), or an embedding pick without
+    `embedding`.
     """
     check_pick(pick, beta)
     scores = np.asarray(scores, dtype=np.float64)
     if pick in NEEDS_NONNEGATIVE and (scores < 0).any():
         raise OptionError(f"--pick {pick} draws with probability proportional to score^beta and these "
                           "scores are negative; use --pick softrank (rank-based) instead")
+    if pick in EMBEDDING_PICKS:
+        if embedding is None:
+            raise OptionError(f"--pick {pick} needs the pool's embeddings (`cryoal pretrain`)")
+        return _cluster(scores, np.asarray(ids), n, float(beta), seed, embedding, pick == "cluster-power")
     order = _PICK_FNS[pick](scores, np.asarray(ids), np.asarray(predicted), float(beta), seed)
     return order[: n or len(order)]
 
 
-__all__ = ["DEFAULT_PICK", "NEEDS_NONNEGATIVE", "PICKS", "PICK_HELP", "check_pick", "class_normalised",
-           "gumbel_noise", "interleave_by_class", "pick_order", "power_keys", "rank_by_score", "resolve_pick",
+__all__ = ["DEFAULT_PICK", "EMBEDDED_DEFAULT_PICK", "EMBEDDING_PICKS", "NEEDS_NONNEGATIVE", "PICKS",
+           "PICK_HELP",
+           "SCHEME_DEFAULT_PICKS", "check_pick", "class_normalised", "default_pick", "gumbel_noise",
+           "interleave_by_class", "pick_order", "power_keys", "rank_by_score", "resolve_pick",
            "softrank_keys"]

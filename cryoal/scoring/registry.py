@@ -5,7 +5,9 @@
   through it and ranks by score.
 - A *batch* scheme chooses a diverse set from the embeddings of every candidate:
   `scheme.choose(probs, features, n, labelled_features, seed) -> (order, gains)`; `select` ranks by
-  that order and writes the gains as scores.
+  that order and writes the gains as scores. A batch scheme with `embedding=True` (typiclust)
+  reads the features from the pool's stored embedding (`cryoal pretrain`) in `select`, so it
+  needs no model; `cryoal.score` gives it the model's features like the others.
 Strategies never look at the pool's mode: they see a model, a batch and its outputs.
 """
 
@@ -77,6 +79,7 @@ class BatchScheme:
     uses_labelled: bool
     chooser: Callable[..., tuple[np.ndarray, np.ndarray]]
     kind: str = "batch"
+    embedding: bool = False  # select reads the pool's embedding, not the model's features
 
     def choose(
         self, probs: np.ndarray, features: np.ndarray, n: int,
@@ -135,6 +138,15 @@ def _badge(probs, features, n, labelled, seed):
     return diversity.badge_select(probs, features, n, seed=seed)
 
 
+def _typiclust(probs, features, n, labelled, seed):
+    from cryoal.scoring.typiclust import typiclust_order
+
+    x = np.asarray(features, dtype=np.float64)
+    if labelled is not None and len(labelled):  # candidates first: order indexes them
+        x = np.concatenate([x, np.asarray(labelled, dtype=np.float64)])
+    return typiclust_order(x, np.arange(len(x)) >= len(features), n, seed=seed)
+
+
 SCHEMES: dict[str, ScoreScheme | BatchScheme] = {
     s.name: s
     for s in (
@@ -147,13 +159,21 @@ SCHEMES: dict[str, ScoreScheme | BatchScheme] = {
         ScoreScheme("bald", "MC-dropout mutual information", _bald),
         BatchScheme("coreset", "k-center greedy on penultimate features", True, _coreset),
         BatchScheme("badge", "k-means++ on last-layer gradient embeddings", False, _badge),
+        BatchScheme("typiclust", "the most typical particle of each uncovered k-means cluster of the "
+                    "pool's embeddings (TypiClust; no model needed)", True, _typiclust, embedding=True),
     )
 }
 
 
 def batch_schemes() -> tuple[str, ...]:
-    """The names of the schemes that choose a whole batch (coreset, badge), in registry order."""
+    """The names of the schemes that choose a whole batch (coreset, badge, typiclust), in registry
+    order: they take no pick."""
     return tuple(name for name, s in SCHEMES.items() if isinstance(s, BatchScheme))
+
+
+def embedding_schemes() -> tuple[str, ...]:
+    """The schemes that choose from the pool's embeddings alone (no model needed)."""
+    return tuple(name for name, s in SCHEMES.items() if isinstance(s, BatchScheme) and s.embedding)
 
 
 def get_scheme(name: str) -> ScoreScheme | BatchScheme:
