@@ -179,6 +179,7 @@ def pretrain_pool(pool_path: str | os.PathLike, settings: PretrainSettings = Pre
         _clean_batchnorm(model, pool, dev, s.batch_size, amp_dtype, gen)
     model.eval()
     record = {**asdict(s), "losses": losses, "wall_s": time.perf_counter() - t0, "device": str(dev),
+              "amp": str(amp_dtype).replace("torch.", "") if amp_dtype is not None else "none",
               "views": asdict(views), "n_particles": n, "embedding_dim": feat_dim}
     return model, record
 
