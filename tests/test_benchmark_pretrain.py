@@ -73,7 +73,8 @@ def pretrained(monkeypatch):
         return real_pretrain(pool_path, settings, *a, **kw)
 
     def fit(*a, init_model=None, **kw):
-        trunk = None if init_model is None else {k: v.clone() for k, v in init_model.trunk.state_dict().items()}
+        trunk = None if init_model is None else {
+            k: v.clone() for k, v in init_model.trunk.state_dict().items()}
         seen["fit"].append(trunk)
         return real_fit(*a, init_model=init_model, **kw)
 
