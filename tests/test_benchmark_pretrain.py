@@ -174,6 +174,9 @@ def test_typiclust_initial_set_comes_from_the_embedding(tiny, tmp_path, monkeypa
     default = loop.make_split(labels, 0, loop.BenchmarkConfig(schemes=["random"], initial=6, cycles=1,
                                                                test_fraction=0.25))
     assert not np.array_equal(default.initial, initial)  # not the random draw
+    run = json.loads((out / "run.json").read_text())
+    with open_pool(d / "pool.h5") as pool:
+        assert run["pretraining"]["0"]["initial_ids"] == [str(p) for p in pool.particle_ids[initial]]
 
 
 def test_default_initial_set_is_unchanged(tiny):

@@ -38,9 +38,11 @@ def prepare_seed(data: BenchmarkData, config: BenchmarkConfig, seed: int, split,
     enc = seed_encoder(data, config, seed, work, log)
     embed_working_pool(enc, work, config)
     data.scratch["encoder"] = enc
+    cost = enc.cost()
     if config.initial_scheme == "typiclust":
         split = replace(split, initial=typiclust_initial(data, work, enc, config.initial, seed))
-    return split, enc.cost()
+        cost["initial_ids"] = [str(p) for p in data.particle_ids[split.initial]]  # not derivable later
+    return split, cost
 
 
 def train_model(data: BenchmarkData, labelled: np.ndarray, config: BenchmarkConfig, seed: int, cycle: int,
