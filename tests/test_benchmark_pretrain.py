@@ -203,3 +203,14 @@ def test_bad_pretrain_options_are_one_line(tiny, tmp_path, extra, message):
     res = _run(d, out, *extra)
     assert res.exit_code != 0 and message in res.output and "Traceback" not in res.output
     assert not (out / "run.json").exists()
+
+
+def test_without_pretrain_nothing_is_pretrained(tiny, tmp_path, pretrained):
+    d, _ = tiny
+    out = tmp_path / "out"
+    assert _run(d, out, cycles=1).exit_code == 0
+    assert pretrained["pretrain"] == [] and pretrained["fit"] == [None]  # from scratch
+    run = json.loads((out / "run.json").read_text())
+    assert "pretraining" not in run and "pretrain" not in run["seconds"]
+    assert not list((out / "state").glob("encoder-*"))
+    assert "encoder_digest" not in torch.load(out / "state" / "cycle0-seed0.pt", weights_only=True)
