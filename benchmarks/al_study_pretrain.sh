@@ -24,6 +24,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PWD/.venv/bin:$PATH"
+source benchmarks/lanes.sh  # simulate_pool, run_lanes
 
 NAME=${NAME:-study_pretrain}
 read -r -a SNRS <<< "${SNRS:-0.1 0.05}"
@@ -58,13 +59,7 @@ arm() {  # arm NAME SNR DATA OPTIONS...: one resumable benchmark run; logs in $R
 run_snr() {  # one SNR level: simulate and ingest once, then the three arms
   set -euo pipefail
   local snr=$1 data="$WORK/snr_$1"
-  if [[ ! -f "$data/pool.h5" ]]; then
-    rm -rf "$data"
-    mkdir -p "$data"
-    cryoal simulate "$data/sim" --classes "$CLASSES" --per-class "$PER_CLASS" --snr "$snr" --box 32 \
-      --voxel-size 10 --tilt-range 60 --defocus 5 --seed 0 > "$RESULTS/logs/simulate_snr_$snr.txt" 2>&1
-    cryoal ingest "$data/sim/particles.star" -o "$data/pool.h5" >> "$RESULTS/logs/simulate_snr_$snr.txt" 2>&1
-  fi
+  simulate_pool "$snr" "$data" "$RESULTS/logs/simulate_snr_$snr.txt"
   arm pretrained "$snr" "$data" --schemes "$PRETRAINED" "${PRETRAIN[@]}"
   # the same seeds' encoders (pretrained on the same non-test particles): reused, not pretrained again
   mkdir -p "$RESULTS/typiclust_start/snr_$snr/state"
@@ -77,20 +72,9 @@ run_snr() {  # one SNR level: simulate and ingest once, then the three arms
 }
 
 start=$(date +%s)
-pids=()
-for lane in $(seq 0 $((LANES - 1))); do
-  (
-    for k in "${!SNRS[@]}"; do
-      if (( k % LANES == lane )); then
-        taskset -c "$((lane % $(nproc)))" bash -c "$(declare -f arm run_snr); $(declare -p CLASSES PER_CLASS \
-          TRAIN PRETRAIN PRETRAINED WORK RESULTS); KEEP_STATE=${KEEP_STATE:-}; run_snr ${SNRS[$k]}" || exit 1
-      fi
-    done
-  ) &
-  pids+=($!)
-done
 status=0
-for pid in "${pids[@]}"; do wait "$pid" || status=1; done
+run_lanes "arm run_snr simulate_pool" "CLASSES PER_CLASS TRAIN PRETRAIN PRETRAINED WORK RESULTS" "${SNRS[@]}" \
+  || status=1
 echo "study ($NAME: SNRs ${SNRS[*]}, $SEEDS seeds) took $(( $(date +%s) - start )) s" | tee -a "$RESULTS/wall_time.txt"
 python benchmarks/al_snr_table.py "$RESULTS" --png "$RESULTS/curves.png"
 exit $status

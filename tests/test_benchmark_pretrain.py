@@ -10,14 +10,14 @@ from unittest.mock import patch
 import numpy as np
 import pytest
 import torch
+from benchmark_helpers import write_tiny_benchmark
 from typer.testing import CliRunner
 
 import cryoal.learn.pretrain
 import cryoal.learn.train
 from cryoal.benchmark import loop, splits
 from cryoal.cli import app
-from cryoal.io.pool import PoolWriter, open_pool
-from cryoal.simulate.particles import simulate_particles
+from cryoal.io.pool import open_pool
 
 BOX = 16
 PER_CLASS = 12
@@ -36,16 +36,8 @@ def one_pretrain_thread(monkeypatch):
 def tiny(tmp_path_factory):
     """A 36-particle pool of 3 classes (pool labels left empty) and its truth.csv."""
     d = tmp_path_factory.mktemp("bench_pretrain")
-    vols, labels, names = simulate_particles(PER_CLASS, classes=CLASSES, snr=1.0, box=BOX, voxel_size=20.0,
-                                             seed=3)
-    ids = [f"p{i:03d}" for i in range(len(labels))]
-    with PoolWriter(d / "pool.h5", shape=(BOX,) * 3, voxel_size=20.0) as w:
-        w.add(vols, ids, [f"{i}.mrc" for i in ids])
-    with open(d / "truth.csv", "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["particle_id", "label"])
-        writer.writerows((pid, names[c]) for pid, c in zip(ids, labels, strict=True))
-    return d, np.asarray(labels)
+    _, labels, _ = write_tiny_benchmark(d, PER_CLASS, CLASSES, BOX)
+    return d, labels
 
 
 ARGS = ["--initial", "6", "--budget", "4", "--test-fraction", "0.25", "--epochs", "1", "--batch-size", "4",
