@@ -454,6 +454,9 @@ def main() -> None:
         text += ("\nPaired difference of each variant without calibration (`:uncalibrated`, "
                  "`--no-calibration`) to the same variant with it, same format:\n\n" + calibration + "\n")
     if arms:
+        text += ("\nIn the pretraining study `random` is the pretrained one; `random (scratch)` and "
+                 "`random (typiclust start)` share its seeds' test splits, not its cycle-0 model (nor, "
+                 "for the typiclust start, its initial set).\n")
         text += pretrain_sections(args.results, blocks)
     text += "\nAUBC of every seed:\n\n" + seeds_table(blocks) + "\n"
     balance = "" if arms else pick_balance(args.results, blocks)
