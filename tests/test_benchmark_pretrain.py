@@ -188,6 +188,8 @@ def test_default_initial_set_is_unchanged(tiny):
     (["--initial-scheme", "typiclust"], "needs --pretrain"),
     (["--pretrain-epochs", "2"], "needs --pretrain"),
     (["--initial-scheme", "kmeans"], "--initial-scheme"),
+    (["--schemes", "typiclust"], "add --pretrain"),
+    (["--schemes", "random,expected:cluster-power"], "add --pretrain"),
 ])
 def test_bad_pretrain_options_are_one_line(tiny, tmp_path, extra, message):
     d, _ = tiny
@@ -206,3 +208,16 @@ def test_without_pretrain_nothing_is_pretrained(tiny, tmp_path, pretrained):
     assert "pretraining" not in run and "pretrain" not in run["seconds"]
     assert not list((out / "state").glob("encoder-*"))
     assert "encoder_digest" not in torch.load(out / "state" / "cycle0-seed0.pt", weights_only=True)
+
+
+def test_default_schemes_leave_typiclust_to_pretrained_runs(tiny, tmp_path):
+    d, _ = tiny
+    args = ["benchmark", str(d / "pool.h5"), "--truth", str(d / "truth.csv"), "--cycles", "1", *ARGS]
+    res = CliRunner().invoke(app, [*args, "-o", str(tmp_path / "plain")])
+    assert res.exit_code == 0, res.output
+    plain = json.loads((tmp_path / "plain" / "run.json").read_text())["options"]["schemes"]
+    assert "typiclust" not in plain and {"expected", "random", "coreset"} <= set(plain)
+    res = CliRunner().invoke(app, [*args, "-o", str(tmp_path / "pre"), *PRETRAIN])
+    assert res.exit_code == 0, res.output
+    pre = json.loads((tmp_path / "pre" / "run.json").read_text())["options"]["schemes"]
+    assert pre == [*plain, "typiclust"]

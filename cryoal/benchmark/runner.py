@@ -152,6 +152,16 @@ def _check_pretrain_options(config: BenchmarkConfig) -> None:
         raise OptionError("--initial-scheme typiclust: needs --pretrain (it picks from the embedding)")
     if config.pretrain_epochs is not None and not config.pretrain:
         raise OptionError("--pretrain-epochs: needs --pretrain")
+    if not config.pretrain:  # the benchmark's working pools have an embedding only under --pretrain
+        from cryoal.benchmark.variants import parse_variant
+        from cryoal.scoring import SCHEMES
+        from cryoal.scoring.picks import EMBEDDING_PICKS
+
+        for name in config.schemes:
+            variant = parse_variant(name, tuple(SCHEMES))
+            if getattr(SCHEMES[variant.scheme], "embedding", False) or variant.pick in EMBEDDING_PICKS:
+                raise OptionError(f"--schemes: '{name}' reads the embedding of a pretrained trunk; "
+                                  "add --pretrain")
 
 
 def _previous_pretraining(out: Path) -> dict[str, dict]:

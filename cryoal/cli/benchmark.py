@@ -50,7 +50,8 @@ def benchmark(
     truth: Path = typer.Option(..., "--truth", help="CSV/STAR: particle_id,label of EVERY pool particle."),
     out: Path = output_option("Output directory (created if missing)."),
     schemes: str = typer.Option(
-        None, "--schemes", help="Comma list of schemes [default: every select --scheme]. Each is "
+        None, "--schemes", help="Comma list of schemes [default: every select --scheme; typiclust only "
+        "with --pretrain]. Each is "
         f"SCHEME[:PICK][:{UNCALIBRATED}]: a select --scheme, optionally with a select --pick "
         f"(score-based schemes) and :{UNCALIBRATED} for --no-calibration, e.g. expected:power or "
         f"margin:balanced:{UNCALIBRATED}; SCHEME{BALANCED_SUFFIX} is SCHEME:balanced."
@@ -118,6 +119,10 @@ def benchmark(
     from cryoal.io.logjson import EventLog
 
     names = parse_schemes(schemes, scheme_names())
+    if not schemes and not pretrain:  # the default: every scheme that can run without an embedding
+        from cryoal.scoring import SCHEMES
+
+        names = [n for n in names if not getattr(SCHEMES[n], "embedding", False)]
     _check_options(out, resume, test_fraction, val_fraction)
     from cryoal.scoring.picks import check_pick
 
