@@ -220,7 +220,8 @@ def _run_seeds(data, config, steps, state, out, ids, timings, log, advance) -> N
         if not todo:
             continue
         if config.pretrain:  # before anything trains: every model of the seed starts from its encoder
-            split, timings.pretrain[str(seed)] = steps.prepare(data, config, seed, split, log)
+            prepare = steps.prepare or default_steps().prepare  # steps a test wraps may leave it out
+            split, timings.pretrain[str(seed)] = prepare(data, config, seed, split, log)
         shared0: dict = {}  # the cycle-0 model and its scores, trained once for this seed
 
         def cycle0(seed=seed, split=split, shared0=shared0):
