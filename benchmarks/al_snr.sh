@@ -26,6 +26,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PWD/.venv/bin:$PATH"
+source benchmarks/lanes.sh  # simulate_pool, run_lanes
 
 VARIANT=full
 LANES=${LANES:-2}
@@ -68,13 +69,7 @@ mkdir -p "$WORK" "$RESULTS/logs" docs
 run_snr() {  # one SNR level: simulate, ingest, benchmark (resumable); logs in $RESULTS/logs
   set -euo pipefail
   local snr=$1 data="$WORK/snr_$1" out="$RESULTS/snr_$1" log="$RESULTS/logs/snr_$1"
-  if [[ ! -f "$data/pool.h5" ]]; then
-    rm -rf "$data"
-    mkdir -p "$data"
-    cryoal simulate "$data/sim" --classes "$CLASSES" --per-class "$PER_CLASS" --snr "$snr" --box 32 \
-      --voxel-size 10 --tilt-range 60 --defocus 5 --seed 0 > "$log.simulate.txt" 2>&1
-    cryoal ingest "$data/sim/particles.star" -o "$data/pool.h5" >> "$log.simulate.txt" 2>&1
-  fi
+  simulate_pool "$snr" "$data" "$log.simulate.txt"
   local resume=()
   [[ -f "$out/curves.csv" ]] && resume=(--resume)
   if ! cryoal benchmark "$data/pool.h5" --truth "$data/sim/truth.csv" -o "$out" --schemes "$SCHEMES" \
@@ -89,20 +84,9 @@ run_snr() {  # one SNR level: simulate, ingest, benchmark (resumable); logs in $
 }
 
 start=$(date +%s)
-pids=()
-for lane in $(seq 0 $((LANES - 1))); do
-  (
-    for k in "${!SNRS[@]}"; do
-      if (( k % LANES == lane )); then
-        taskset -c "$((lane % $(nproc)))" bash -c "$(declare -f run_snr); $(declare -p CLASSES PER_CLASS INITIAL BUDGET \
-          CYCLES SCHEMES SEEDS WORK RESULTS TRAIN TEST_FRACTION); KEEP_STATE=${KEEP_STATE:-}; run_snr ${SNRS[$k]}" || exit 1
-      fi
-    done
-  ) &
-  pids+=($!)
-done
 status=0
-for pid in "${pids[@]}"; do wait "$pid" || status=1; done
+run_lanes "run_snr simulate_pool" "CLASSES PER_CLASS INITIAL BUDGET CYCLES SCHEMES SEEDS WORK RESULTS TRAIN \
+  TEST_FRACTION" "${SNRS[@]}" || status=1
 echo "study ($NAME: SNRs ${SNRS[*]}, $SEEDS seeds) took $(( $(date +%s) - start )) s" | tee "$RESULTS/wall_time.txt"
 python benchmarks/al_snr_table.py "$RESULTS" --png "docs/al_$NAME.png"
 exit $status

@@ -8,6 +8,12 @@ schemes within one standard deviation of it marked with a dagger; then every sch
 difference to `random` (and every `<variant>:uncalibrated`'s to its calibrated `<variant>`) with a
 95 % confidence interval over seeds, every seed's AUBC and the class skew of the picks. The figure
 has one panel per SNR (test accuracy vs labels, mean ± std bands).
+
+The pretraining study (benchmarks/al_study_pretrain.sh) keeps one directory per arm,
+RESULTS/<arm>/snr_*/ (`pretrained`, `typiclust_start`, `scratch`): their schemes are shown with the
+arm's suffix (`random (scratch)`), paired by seed, `random` being the pretrained one; the table
+then adds the accuracy at the first and last label counts against `random (scratch)`, the classes
+the labelled sets cover, and the pretraining's wall time.
 """
 
 from __future__ import annotations
@@ -16,6 +22,8 @@ import argparse
 import json
 import math
 import sys
+from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -100,10 +108,12 @@ def win_count(diff: list[float]) -> str:
 
 
 def paired_table(blocks: list[tuple[str, list[CurveRow], dict]], pairs: list[tuple[str, str]],
-                 head: str) -> str:
+                 head: str, values: Callable[[list[CurveRow], str], dict[int, float]] | None = None) -> str:
     """AUBC of `name` minus AUBC of `base` at the same seed, for each (name, base) pair: mean ± std,
     the 95 % t confidence interval of the mean over seeds, and wins/seeds with ties apart (Markdown).
-    A CI entirely above 0 is marked ▲, below ▼; an SNR where either is missing gets –."""
+    A CI entirely above 0 is marked ▲, below ▼; an SNR where either is missing gets –. `values`
+    (rows, scheme) -> {seed: value} compares another per-seed figure (default: the AUBC)."""
+    values = values or per_seed_aubc
     lines = [f"| {head} | " + " | ".join(f"SNR {snr}" for snr, _, _ in blocks) + " |",
              "|---|" + "---:|" * len(blocks)]
     for name, base in pairs:
@@ -112,8 +122,11 @@ def paired_table(blocks: list[tuple[str, list[CurveRow], dict]], pairs: list[tup
             if not any(r.scheme == base for r in rows) or not any(r.scheme == name for r in rows):
                 cells.append("–")
                 continue
-            theirs, mine = per_seed_aubc(rows, base), per_seed_aubc(rows, name)
+            theirs, mine = values(rows, base), values(rows, name)
             diff = [mine[k] - theirs[k] for k in theirs if k in mine]
+            if not diff:
+                cells.append("–")
+                continue
             mean, std, lo, hi = paired_stats(diff)
             mark = " ▲" if lo > 0 else " ▼" if hi < 0 else ""
             cells.append(f"{mean:+.3f} ± {std:.3f} [{lo:+.3f}, {hi:+.3f}]{mark} ({win_count(diff)})")
@@ -244,6 +257,150 @@ def settings_line(blocks) -> str:
     )
 
 
+# -- the pretraining study: one directory per arm ------------------------------------------------
+
+ARMS = {"pretrained": "", "typiclust_start": " (typiclust start)", "scratch": " (scratch)"}
+SCRATCH_RANDOM = "random (scratch)"
+
+
+def find_arms(results: Path) -> list[str]:
+    """The arms of the pretraining study present in RESULTS (empty for a one-directory study)."""
+    return [a for a in ARMS if (results / a).is_dir()]
+
+
+def load_arms(results: Path, arms: list[str]) -> list[tuple[str, list[CurveRow], dict]]:
+    """Per SNR, the rows of every arm with its suffix on the scheme names, on the seeds complete in
+    every arm that has the SNR (paired); the run dict is the first arm's, with `arms` {arm: run.json}."""
+    per = {arm: {snr: (rows, run) for snr, rows, run in load(results / arm)} for arm in arms}
+    snrs = sorted({snr for runs in per.values() for snr in runs}, key=lambda v: snr_key(Path(f"snr_{v}")))
+    blocks = []
+    for snr in snrs:
+        parts = [(arm, *per[arm][snr]) for arm in arms if snr in per[arm]]
+        seeds = set.intersection(*({r.seed for r in rows} for _, rows, _ in parts))
+        rows = [replace(r, scheme=r.scheme + ARMS[arm]) for arm, arm_rows, _ in parts for r in arm_rows
+                if r.seed in seeds]
+        run = dict(parts[0][2])
+        run["arms"] = {arm: arm_run for arm, _, arm_run in parts}
+        run["options"] = {**run.get("options", {}), "schemes": list(dict.fromkeys(r.scheme for r in rows))}
+        if rows:
+            blocks.append((snr, rows, run))
+    return blocks
+
+
+def per_seed_accuracy(n: int) -> Callable[[list[CurveRow], str], dict[int, float]]:
+    """(rows, scheme) -> {seed: test accuracy at `n` labels}."""
+    def values(rows: list[CurveRow], scheme: str) -> dict[int, float]:
+        return {r.seed: r.accuracy for r in rows if r.scheme == scheme and r.n_labeled == n}
+    return values
+
+
+def label_counts(blocks) -> tuple[int, int]:
+    """The first and last label counts of the curves (50 and 100 in the study)."""
+    counts = sorted({r.n_labeled for _, rows, _ in blocks for r in rows})
+    return counts[0], counts[-1]
+
+
+def accuracy_vs_scratch(blocks) -> str:
+    """Every scheme's accuracy at the first and last label counts minus `random (scratch)`'s, paired."""
+    pairs = [(s, SCRATCH_RANDOM) for s in all_schemes(blocks) if s != SCRATCH_RANDOM]
+    return "\n\n".join(f"At {n} labels:\n\n" + paired_table(blocks, pairs, f"accuracy at {n} − scratch",
+                                                              per_seed_accuracy(n))
+                        for n in dict.fromkeys(label_counts(blocks)))
+
+
+def _labelled_sets(arm_dir: Path, run: dict) -> tuple[dict, dict[str, int]] | None:
+    """({(scheme, seed): [(n labels, labelled ids)] per cycle}, {particle id: true class}) of one arm's
+    run, or None when its pool or truth file is gone (the random initial sets are drawn again from
+    them, as the run drew them; a typiclust initial set is read from run.json)."""
+    from cryoal.benchmark.loop import BenchmarkConfig, make_split
+    from cryoal.benchmark.truth import load_truth
+    from cryoal.io.pool import open_pool
+
+    pool_path, truth_path = Path(run.get("pool", "")), Path(run.get("truth", ""))
+    if not (pool_path.is_file() and truth_path.is_file() and (arm_dir / "selections.csv").is_file()):
+        return None
+    o = run["options"]
+    config = BenchmarkConfig(**{k: v for k, v in o.items() if k in BenchmarkConfig.__dataclass_fields__})
+    with open_pool(pool_path) as pool:
+        ids = pool.particle_ids
+        truth = load_truth(pool, truth_path).truth
+    picks = read_selections(arm_dir / "selections.csv")
+    out = {}
+    for seed in range(config.seeds):
+        recorded = run.get("pretraining", {}).get(str(seed), {}).get("initial_ids")
+        initial = set(recorded or (str(ids[i]) for i in make_split(truth, seed, config).initial))
+        for scheme in o["schemes"]:
+            labelled, sets = set(initial), []
+            for cycle in range(config.cycles):
+                sets.append((len(labelled), set(labelled)))
+                labelled |= {p.particle_id for p in picks if p.scheme == scheme and p.seed == seed
+                             and p.cycle == cycle}
+            out[(scheme, seed)] = sets
+    return out, dict(zip(map(str, ids), truth, strict=True))
+
+
+def coverage_table(results: Path, blocks) -> str:
+    """Classes present in the labelled set at the first and last label counts, mean over the seeds
+    of the tables (out of the number of classes); SNRs whose pool or truth file is gone get –."""
+    first, last = label_counts(blocks)
+    cells: dict[tuple[str, str], str] = {}
+    for snr, rows, run in blocks:
+        seeds = {r.seed for r in rows}
+        n_classes = len(run.get("class_names", []))
+        for arm, arm_run in run.get("arms", {}).items():
+            found = _labelled_sets(results / arm / f"snr_{snr}", arm_run)
+            if found is None:
+                continue
+            sets, truth = found
+            for scheme in arm_run["options"]["schemes"]:
+                per_n = {}
+                for n in (first, last):
+                    covered = [len({truth[i] for i in labelled}) for seed in seeds
+                               for m, labelled in sets.get((scheme, seed), []) if m == n]
+                    per_n[n] = f"{sum(covered) / len(covered):.1f}" if covered else "–"
+                cells[(scheme + ARMS[arm], snr)] = f"{per_n[first]} / {per_n[last]} of {n_classes}"
+    if not cells:
+        return ""
+    lines = ["| scheme | " + " | ".join(f"SNR {snr}" for snr, _, _ in blocks) + " |",
+             "|---|" + "---:|" * len(blocks)]
+    for name in all_schemes(blocks):
+        lines.append(f"| {name} | " + " | ".join(cells.get((name, snr), "–") for snr, _, _ in blocks) + " |")
+    return "\n".join(lines)
+
+
+def pretraining_table(blocks) -> str:
+    """Per SNR, the pretraining of the `pretrained` arm: seeds, method, epochs, wall time per seed
+    (mean, min–max) and final loss (mean), from its run.json."""
+    lines = ["| SNR | seeds | method | epochs | particles | wall time per seed (s) | final loss |",
+             "|---|---:|---|---:|---:|---:|---:|"]
+    for snr, _, run in blocks:
+        costs = list(run.get("arms", {}).get("pretrained", {}).get("pretraining", {}).values())
+        if not costs:
+            continue
+        secs = [c["seconds"] for c in costs]
+        lines.append(f"| {snr} | {len(costs)} | {costs[0]['method']} | {costs[0]['epochs']} | "
+                     f"{costs[0]['n_particles']} | {sum(secs) / len(secs):.0f} "
+                     f"({min(secs):.0f}–{max(secs):.0f}) | "
+                     f"{sum(c['final_loss'] for c in costs) / len(costs):.3f} |")
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
+def pretrain_sections(results: Path, blocks) -> str:
+    """The pretraining study's extra tables (accuracy vs scratch, coverage, pretraining cost)."""
+    text = ("\nTest accuracy minus `random (scratch)`'s (no pretraining) at the same seed, same format "
+            "(`random` is the pretrained random):\n\n" + accuracy_vs_scratch(blocks) + "\n")
+    coverage = coverage_table(results, blocks)
+    if coverage:
+        first, last = label_counts(blocks)
+        text += (f"\nClass coverage: classes present in the labelled set at {first} / {last} labels, mean "
+                 "over seeds:\n\n" + coverage + "\n")
+    cost = pretraining_table(blocks)
+    if cost:
+        text += ("\nPretraining (one per seed, on the non-test particles; `run.json` `pretraining`):\n\n"
+                 + cost + "\n")
+    return text
+
+
 def plot(blocks, path: Path) -> None:
     """One panel per SNR: test accuracy vs labels, mean ± std over seeds, one line per scheme."""
     import matplotlib
@@ -278,7 +435,8 @@ def main() -> None:
     ap.add_argument("results", type=Path, help="benchmarks/results/<variant>")
     ap.add_argument("--png", type=Path, help="also write the figure here")
     args = ap.parse_args()
-    blocks = load(args.results)
+    arms = find_arms(args.results)
+    blocks = load_arms(args.results, arms) if arms else load(args.results)
     if not blocks:
         sys.exit(f"error: {args.results}: no snr_*/curves.csv yet")
     text = (
@@ -295,8 +453,13 @@ def main() -> None:
     if calibration:
         text += ("\nPaired difference of each variant without calibration (`:uncalibrated`, "
                  "`--no-calibration`) to the same variant with it, same format:\n\n" + calibration + "\n")
+    if arms:
+        text += ("\nIn the pretraining study `random` is the pretrained one; `random (scratch)` and "
+                 "`random (typiclust start)` share its seeds' test splits, not its cycle-0 model (nor, "
+                 "for the typiclust start, its initial set).\n")
+        text += pretrain_sections(args.results, blocks)
     text += "\nAUBC of every seed:\n\n" + seeds_table(blocks) + "\n"
-    balance = pick_balance(args.results, blocks)
+    balance = "" if arms else pick_balance(args.results, blocks)
     if balance:
         text += ("\nClass skew of the picks: share of the most-picked true class over a seed's selection "
                  "rounds, mean over seeds / classes never picked, summed over seeds:\n\n" + balance + "\n")

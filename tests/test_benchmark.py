@@ -9,13 +9,12 @@ from unittest.mock import patch
 
 import numpy as np
 import pytest
+from benchmark_helpers import write_tiny_benchmark
 from typer.testing import CliRunner
 
 from cryoal.benchmark import loop, steps
 from cryoal.benchmark.metrics import aubc
 from cryoal.cli import app
-from cryoal.io.pool import PoolWriter
-from cryoal.simulate.particles import simulate_particles
 
 BOX = 16
 PER_CLASS = 12
@@ -28,17 +27,7 @@ pytestmark = pytest.mark.usefixtures("one_train_thread")
 def tiny(tmp_path_factory):
     """A 36-particle pool of 3 classes (pool labels left empty) and its truth.csv."""
     d = tmp_path_factory.mktemp("bench")
-    vols, labels, names = simulate_particles(
-        PER_CLASS, classes=CLASSES, snr=1.0, box=BOX, voxel_size=20.0, seed=3
-    )
-    vols = (vols - vols.mean(axis=(1, 2, 3), keepdims=True)) / vols.std(axis=(1, 2, 3), keepdims=True)
-    ids = [f"p{i:03d}" for i in range(len(labels))]
-    with PoolWriter(d / "pool.h5", shape=(BOX,) * 3, voxel_size=20.0) as w:
-        w.add(vols, ids, [f"{i}.mrc" for i in ids])
-    with open(d / "truth.csv", "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["particle_id", "label"])
-        writer.writerows((pid, names[c]) for pid, c in zip(ids, labels, strict=True))
+    ids, labels, names = write_tiny_benchmark(d, PER_CLASS, CLASSES, BOX)
     return d, ids, [names[c] for c in labels]
 
 

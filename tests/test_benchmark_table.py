@@ -138,3 +138,22 @@ def test_a_rounding_tie_is_counted_as_a_tie_not_a_win(table, tmp_path):
     assert "(1/3, 1 tie)" in table.paired_vs_random(blocks)
     assert table.win_count([0.1, -1e-13, 2e-13, -0.2]) == "1/4, 2 ties"
     assert table.win_count([0.1, -0.2]) == "1/2"
+
+
+def test_pretrain_arms_are_paired_by_seed_with_their_suffix(table, tmp_path):
+    # the pretraining study: one directory per arm; seed 1 of the scratch arm is unfinished
+    curves = {("random", 0): [0.5, 0.6, 0.7], ("typiclust", 0): [0.5, 0.8, 0.9],
+              ("random", 1): [0.4, 0.5, 0.6], ("typiclust", 1): [0.4, 0.6, 0.6]}
+    _snr_dir(tmp_path / "pretrained", "0.1", curves, cycles=3, schemes=["random", "typiclust"])
+    _snr_dir(tmp_path / "scratch", "0.1", {("random", 0): [0.2, 0.3, 0.4], ("random", 1): [0.3]}, cycles=3,
+             schemes=["random"])
+    assert table.find_arms(tmp_path) == ["pretrained", "scratch"]
+    blocks = table.load_arms(tmp_path, table.find_arms(tmp_path))
+    assert len(blocks) == 1 and {r.seed for r in blocks[0][1]} == {0}  # paired: seed 0 only
+    assert table.all_schemes(blocks) == ["random", "typiclust", "random (scratch)"]
+    # accuracy at 10 (first) and 30 (last) labels minus the scratch random's, seed 0
+    text = table.accuracy_vs_scratch(blocks)
+    assert "| random − random (scratch) | +0.300 ± 0.000" in text  # 0.5 - 0.2 at 10 labels
+    assert "| typiclust − random (scratch) | +0.500 ± 0.000" in text  # 0.9 - 0.4 at 30 labels
+    # AUBC vs the pretrained random: typiclust (0.65 + 0.85) / 2 = 0.75 vs (0.55 + 0.65) / 2 = 0.6
+    assert "| typiclust | +0.150 ± 0.000" in table.paired_vs_random(blocks)

@@ -301,3 +301,34 @@ def test_one_rank_torchrun_select_equals_the_plain_process(select_setup, tmp_pat
     assert np.all(np.isfinite(group)) and len(group) == len(plain) == 2
     # same data, seed and weights: DDP and SyncBatchNorm on one rank train as the plain loop does
     np.testing.assert_allclose(group, plain, rtol=0.05)
+
+
+def test_pretrain_on_device_uses_amp_and_embeds_like_the_cpu(tmp_path):
+    """`pretrain --device cuda` trains in mixed precision; `embed` on the device and on the CPU give
+    the same 10 nearest neighbours for most particles (same encoder, float32 inference)."""
+    from test_pretrain import make_pool
+
+    from cryoal.io.embedding import read_embeddings
+    from cryoal.learn.encoder import read_encoder
+
+    pool, enc = tmp_path / "pool.h5", tmp_path / "enc.pt"
+    make_pool(pool, 48, box=16)
+    res = cli("pretrain", pool, "-o", enc, "--epochs", "2", "--batch-size", "16", "--width", "8",
+              "--device", DEV)
+    assert res.exit_code == 0, res.output
+    record = read_encoder(enc)["pretrain"]
+    assert record["device"].startswith(DEV)
+    if REAL:
+        assert record["amp"] in ("bfloat16", "float16")
+    on_device = read_embeddings(pool).values
+    assert cli("embed", pool, "-m", enc, "--device", "cpu").exit_code == 0
+    on_cpu = read_embeddings(pool).values
+
+    def neighbours(z: np.ndarray) -> np.ndarray:
+        d = ((z[:, None] - z[None]) ** 2).sum(-1)
+        np.fill_diagonal(d, np.inf)
+        return np.argsort(d, axis=1)[:, :10]
+
+    a, b = neighbours(on_device), neighbours(on_cpu)
+    overlap = np.mean([len(set(x) & set(y)) / 10 for x, y in zip(a, b, strict=True)])
+    assert overlap >= 0.9, overlap

@@ -39,11 +39,15 @@ class BenchmarkConfig:
     score_batch_size: int = 64
     augment: bool = True  # the mode's training augmentation (off for data without those symmetries)
     beta: float = 1.0  # exponent of the sampled picks (`select --beta`)
+    pretrain: bool = False  # one self-supervised pretraining per seed on its non-test particles
+    pretrain_epochs: int | None = None  # None: `cryoal pretrain`'s default
+    initial_scheme: str = "random"  # how each seed's initial set is drawn: random (balanced) or typiclust
 
     # options that change results: a resumed run must use the same values
     RESULT_KEYS = (
         "initial", "budget", "test_fraction", "val_fraction", "epochs", "batch_size", "arch", "width", "lr",
         "weight_decay", "patience", "warm_start", "warm_epochs", "mc_passes", "norm", "augment", "beta",
+        "pretrain", "pretrain_epochs", "initial_scheme",
     )
 
     def to_dict(self) -> dict:

@@ -46,6 +46,7 @@ class Timings:
     evaluate: float = 0.0
     select: dict[str, float] = field(default_factory=dict)
     n_train: int = 0
+    pretrain: dict[str, dict] = field(default_factory=dict)  # --pretrain: seed -> its pretraining's cost
 
     def add_select(self, scheme: str, seconds: float) -> None:
         self.select[scheme] = self.select.get(scheme, 0.0) + seconds
@@ -106,13 +107,16 @@ class Steps:
     evaluate: Callable  # (model, data, indices, config) -> (accuracy, macro_f1)
     select: Callable  # (model, data, candidates, labelled, scheme, n, config, seed, cycle) -> indices
     release: Callable = lambda data: None  # delete the steps' scratch files at the end
+    # --pretrain: (data, config, seed, split, log) -> (split, cost); the seed's encoder and embedding
+    prepare: Callable | None = None
 
 
 def default_steps() -> Steps:
     """The real train/evaluate/select of cryoal."""
     from cryoal.benchmark import steps
 
-    return Steps(steps.train_model, steps.evaluate_model, steps.select_particles, steps.release)
+    return Steps(steps.train_model, steps.evaluate_model, steps.select_particles, steps.release,
+                 steps.prepare_seed)
 
 
 # -- resumable state ------------------------------------------------------------------------
@@ -215,6 +219,9 @@ def _run_seeds(data, config, steps, state, out, ids, timings, log, advance) -> N
         todo = [s for s in config.schemes if state.done_cycles(s, seed) < config.cycles]
         if not todo:
             continue
+        if config.pretrain:  # before anything trains: every model of the seed starts from its encoder
+            prepare = steps.prepare or default_steps().prepare  # steps a test wraps may leave it out
+            split, timings.pretrain[str(seed)] = prepare(data, config, seed, split, log)
         shared0: dict = {}  # the cycle-0 model and its scores, trained once for this seed
 
         def cycle0(seed=seed, split=split, shared0=shared0):
@@ -231,11 +238,14 @@ def _cycle0(data, config, steps, out, seed, split, timings, log) -> dict:
     from cryoal.learn.checkpoint import load_weights, save_weights
 
     path = _state_path(out, f"cycle0-seed{seed}.pt")
+    enc = data.scratch.get("encoder") if config.pretrain else None
+    origin = {"encoder_digest": enc.digest} if enc is not None else {}  # what it was fine-tuned from
     model = None
     if path.exists():
         model = steps.train(data, split.initial, config, seed, 0, None, build_only=True)
         blob = load_weights(path, model)
-        if blob.get("initial_ids") == [str(i) for i in data.particle_ids[split.initial]]:
+        if (blob.get("initial_ids") == [str(i) for i in data.particle_ids[split.initial]]
+                and blob.get("encoder_digest") == origin.get("encoder_digest")):
             log(f"seed {seed}: cycle-0 model reused from {path}")
             return {"model": model, "scores": (float(blob["accuracy"]), float(blob["macro_f1"]))}
         model = None  # another split: train afresh
@@ -248,7 +258,7 @@ def _cycle0(data, config, steps, out, seed, split, timings, log) -> dict:
     timings.evaluate += time.perf_counter() - t0
     save_weights(path, model, {
         "accuracy": scores[0], "macro_f1": scores[1],
-        "initial_ids": [str(i) for i in data.particle_ids[split.initial]],
+        "initial_ids": [str(i) for i in data.particle_ids[split.initial]], **origin,
     })
     return {"model": model, "scores": scores}
 

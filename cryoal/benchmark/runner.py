@@ -91,17 +91,22 @@ def run_cli(pool_path: Path, truth_path: Path, out: Path, console, *, resume: bo
     with open_pool(pool_path) as pool:  # the pool's mode supplies the default architecture
         mode = get_mode(pool.mode)
     config = BenchmarkConfig(arch=arch or mode.default_arch, **options)
+    _check_pretrain_options(config)
     history = check_resumable(out, config, pool_path, truth_path) if resume else []
     with open_pool(pool_path) as pool:
         if arch is not None and arch not in mode.archs:
             raise OptionError(f"--arch {arch}: not a {mode.name} architecture; choose one of "
                               f"{', '.join(mode.archs)}")
         data = load_truth(pool, truth_path)
-        make_split(data.truth, 0, config)  # bad sizes fail here, before OUT is touched
+        split0 = make_split(data.truth, 0, config)  # bad sizes fail here, before OUT is touched
+        if config.pretrain:
+            from cryoal.benchmark.pretraining import check_pretrain
+
+            check_pretrain(data, config, split0.selectable.size)
         out.mkdir(exist_ok=True)
         record = _run_record(pool_path, truth_path, data, config, history)
         write_json(out / RUN_JSON, record)
-        timings = Timings()
+        timings = Timings(pretrain=_previous_pretraining(out) if resume else {})
         total = config.seeds * len(config.schemes) * config.cycles
         event_log.emit("start", pool=record["pool"], out=str(out), n_particles=record["n_particles"],
                        options=record["options"], total_cycles=total)
@@ -134,6 +139,39 @@ def run_cli(pool_path: Path, truth_path: Path, out: Path, console, *, resume: bo
                 log=on_message, advance=on_advance,
             )
     _write_results(out, pool_path, data, config, rows, record, timings, event_log)
+
+
+def _check_pretrain_options(config: BenchmarkConfig) -> None:
+    """OptionError for pretraining options that cannot work together."""
+    from cryoal.benchmark.pretraining import INITIAL_SCHEMES
+
+    if config.initial_scheme not in INITIAL_SCHEMES:
+        raise OptionError(f"--initial-scheme {config.initial_scheme}: choose one of "
+                          f"{', '.join(INITIAL_SCHEMES)}")
+    if config.initial_scheme == "typiclust" and not config.pretrain:
+        raise OptionError("--initial-scheme typiclust: needs --pretrain (it picks from the embedding)")
+    if config.pretrain_epochs is not None and not config.pretrain:
+        raise OptionError("--pretrain-epochs: needs --pretrain")
+    if not config.pretrain:  # the benchmark's working pools have an embedding only under --pretrain
+        from cryoal.benchmark.variants import parse_variant
+        from cryoal.scoring import SCHEMES
+        from cryoal.scoring.picks import EMBEDDING_PICKS
+
+        for name in config.schemes:
+            variant = parse_variant(name, tuple(SCHEMES))
+            if getattr(SCHEMES[variant.scheme], "embedding", False) or variant.pick in EMBEDDING_PICKS:
+                raise OptionError(f"--schemes: '{name}' reads the embedding of a pretrained trunk; "
+                                  "add --pretrain")
+
+
+def _previous_pretraining(out: Path) -> dict[str, dict]:
+    """On --resume: the per-seed pretraining costs the previous run recorded (seeds it finished are
+    not prepared again, yet their cost belongs in run.json)."""
+    try:
+        prev = json.loads((out / RUN_JSON).read_text(encoding="utf-8")).get("pretraining") or {}
+    except (OSError, ValueError):
+        return {}
+    return {str(k): v for k, v in prev.items() if isinstance(v, dict)}
 
 
 def _run_record(pool_path: Path, truth_path: Path, data, config: BenchmarkConfig, history: list) -> dict:
@@ -171,6 +209,11 @@ def _write_results(out: Path, pool_path: Path, data, config: BenchmarkConfig, ro
                     "evaluate": round(timings.evaluate, 2),
                     "select": {k: round(v, 2) for k, v in timings.select.items()}},
     })
+    if config.pretrain:  # per seed: wall time, epochs, method, final loss (of the run that pretrained)
+        record["pretraining"] = {k: v for k, v in sorted(timings.pretrain.items(), key=lambda kv: int(kv[0]))
+                                 if int(k) < config.seeds}
+        # the encoders' total cost, whichever run (this one or a resumed one) trained them
+        record["seconds"]["pretrain"] = round(sum(v["seconds"] for v in record["pretraining"].values()), 2)
     write_json(out / RUN_JSON, record)
     for r in rows:
         event_log.emit("cycle", scheme=r.scheme, seed=r.seed, cycle=r.cycle, n_labeled=r.n_labeled,

@@ -14,6 +14,7 @@ INITIAL_SET = 2
 VALIDATION = 3
 TRAINING = 4
 SELECTION = 5
+PRETRAINING = 6
 
 
 def rng_for(seed: int, purpose: int, cycle: int = 0) -> np.random.Generator:

@@ -17,6 +17,34 @@ from cryoal.benchmark.config import BenchmarkConfig, BenchmarkData
 from cryoal.benchmark.metrics import accuracy, macro_f1
 
 
+def seed_encoder_of(data: BenchmarkData, seed: int):
+    """The `pretraining.SeedEncoder` of `seed` under --pretrain (set by `prepare_seed`), else None."""
+    enc = data.scratch.get("encoder")
+    if enc is not None and enc.seed != seed:  # the loop prepares each seed before using it
+        raise RuntimeError(f"seed {seed}: the encoder in use is seed {enc.seed}'s")
+    return enc
+
+
+def prepare_seed(data: BenchmarkData, config: BenchmarkConfig, seed: int, split, log) -> tuple[object, dict]:
+    """--pretrain, before the seed's first cycle: its encoder (pretrained on the non-test rows, or
+    reused from the state directory), the working pool's embedding, and with --initial-scheme
+    typiclust the initial set drawn from it. Returns (the split to use, the pretraining's cost)."""
+    from dataclasses import replace
+
+    from cryoal.benchmark.pretraining import embed_working_pool, seed_encoder, typiclust_initial
+
+    data.scratch.pop("encoder", None)
+    work = _working_pool(data, split.selectable, split.initial)  # rows: exactly the non-test particles
+    enc = seed_encoder(data, config, seed, work, log)
+    embed_working_pool(enc, work, config)
+    data.scratch["encoder"] = enc
+    cost = enc.cost()
+    if config.initial_scheme == "typiclust":
+        split = replace(split, initial=typiclust_initial(data, work, enc, config.initial, seed))
+        cost["initial_ids"] = [str(p) for p in data.particle_ids[split.initial]]  # not derivable later
+    return split, cost
+
+
 def train_model(data: BenchmarkData, labelled: np.ndarray, config: BenchmarkConfig, seed: int, cycle: int,
                 init_model=None, *, build_only: bool = False):
     """Train on the labelled rows: validation (early stopping) is carved out of THEM, never the test split.
@@ -32,8 +60,20 @@ def train_model(data: BenchmarkData, labelled: np.ndarray, config: BenchmarkConf
     if build_only:
         from cryoal.learn.device import resolve_device
 
-        model = mode.build_model(config.arch, data.pool.shape, data.n_classes, **config.arch_kwargs)
+        enc = seed_encoder_of(data, seed)
+        if enc is not None:  # the encoder's arch and width (weights are loaded over it)
+            from cryoal.learn.encoder import build_from_encoder
+
+            model = build_from_encoder(enc.record, enc.path, data.n_classes)
+        else:
+            model = mode.build_model(config.arch, data.pool.shape, data.n_classes, **config.arch_kwargs)
         return model.to(resolve_device(config.device)).eval()
+    epochs = config.warm_epochs if init_model is not None and config.warm_epochs else config.epochs
+    enc = seed_encoder_of(data, seed)
+    if init_model is None and enc is not None:  # --pretrain: start from the seed's encoder, as --init
+        from cryoal.benchmark.pretraining import initial_model
+
+        init_model = initial_model(enc, data.n_classes, splits.torch_seed_for(seed, splits.TRAINING, cycle))
     labelled = np.asarray(labelled, dtype=np.int64)
     y = data.truth[labelled]
     pos_train, pos_val = stratified_split(
@@ -42,7 +82,6 @@ def train_model(data: BenchmarkData, labelled: np.ndarray, config: BenchmarkConf
     x = data.read(labelled)
     if data.targets is not None:  # segmentation: train on the true masks (the strata split them)
         y = data.targets[labelled]
-    epochs = config.warm_epochs if init_model is not None and config.warm_epochs else config.epochs
     model, _ = fit(
         x[pos_train], y[pos_train], x[pos_val], y[pos_val], mode=mode.name,
         arch=config.arch, n_classes=data.n_classes, batch_size=config.batch_size,
@@ -138,6 +177,7 @@ def release(data: BenchmarkData) -> None:
     cached = data.scratch.pop("working", None)
     if cached is not None:
         cached.remove()
+    data.scratch.pop("encoder", None)
 
 
 def select_particles(model, data: BenchmarkData, candidates: np.ndarray, labelled: np.ndarray, scheme: str,
@@ -162,5 +202,6 @@ def select_particles(model, data: BenchmarkData, candidates: np.ndarray, labelle
             beta=config.beta, calibrated=variant.calibrated,
             seed=splits.torch_seed_for(seed, splits.SELECTION, cycle), norm=config.norm,
             mc_passes=config.mc_passes, score_cache=data.scratch.setdefault("scores", {}),
+            encoder_digest=enc.digest if (enc := seed_encoder_of(data, seed)) is not None else None,
         )
     return work.rows[ranked.indices]

@@ -14,6 +14,8 @@ from cryoal.cli import (  # noqa: F401  (imported for their registration side ef
     extract,
     label,
     status,
+    pretrain,
+    embed,
     train,
     select,
     predict,

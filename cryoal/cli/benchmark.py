@@ -50,7 +50,8 @@ def benchmark(
     truth: Path = typer.Option(..., "--truth", help="CSV/STAR: particle_id,label of EVERY pool particle."),
     out: Path = output_option("Output directory (created if missing)."),
     schemes: str = typer.Option(
-        None, "--schemes", help="Comma list of schemes [default: every select --scheme]. Each is "
+        None, "--schemes", help="Comma list of schemes [default: every select --scheme; typiclust only "
+        "with --pretrain]. Each is "
         f"SCHEME[:PICK][:{UNCALIBRATED}]: a select --scheme, optionally with a select --pick "
         f"(score-based schemes) and :{UNCALIBRATED} for --no-calibration, e.g. expected:power or "
         f"margin:balanced:{UNCALIBRATED}; SCHEME{BALANCED_SUFFIX} is SCHEME:balanced."
@@ -93,6 +94,19 @@ def benchmark(
         True, "--augment/--no-augment",
         help="Training augmentation of the pool's mode (off for data without its symmetries, e.g. digits).",
     ),
+    pretrain: bool = typer.Option(
+        False, "--pretrain", help="Per seed, pretrain the trunk self-supervised (as `cryoal pretrain`) on "
+        "the non-test particles only; every model of the seed starts from it (as `train --init`), "
+        "and the embedding feeds typiclust and the cluster picks.",
+    ),
+    pretrain_epochs: int = typer.Option(
+        None, "--pretrain-epochs", min=1, help="Pretraining epochs [default: cryoal pretrain's]."
+    ),
+    initial_scheme: str = choice_option(
+        "random", "--initial-scheme", choices=("random", "typiclust"),
+        help="How each seed's initial set is drawn: random (class-balanced) or typiclust on the "
+        "embedding from zero labels (needs --pretrain).",
+    ),
     log_json: Path = typer.Option(
         None, "--log-json", help="Append JSON-lines events (start, progress, cycle, done) to this file."
     ),
@@ -105,6 +119,10 @@ def benchmark(
     from cryoal.io.logjson import EventLog
 
     names = parse_schemes(schemes, scheme_names())
+    if not schemes and not pretrain:  # the default: every scheme that can run without an embedding
+        from cryoal.scoring import SCHEMES
+
+        names = [n for n in names if not getattr(SCHEMES[n], "embedding", False)]
     _check_options(out, resume, test_fraction, val_fraction)
     from cryoal.scoring.picks import check_pick
 
@@ -116,5 +134,6 @@ def benchmark(
             test_fraction=test_fraction, val_fraction=val_fraction, epochs=epochs, batch_size=batch_size,
             arch=arch, width=width, lr=lr, patience=patience, warm_start=warm_start, warm_epochs=warm_epochs,
             mc_passes=mc_passes, norm=norm, device=device, resume=resume, augment=augment, beta=beta,
+            pretrain=pretrain, pretrain_epochs=pretrain_epochs, initial_scheme=initial_scheme,
             event_log=event_log,
         )

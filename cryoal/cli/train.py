@@ -113,6 +113,10 @@ def train(
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as one JSON object on stdout."),
     log_json: Path = typer.Option(None, "--log-json", help="Append JSON-lines progress events to this file."),
+    init: Path = typer.Option(
+        None, "--init", help="Encoder from `cryoal pretrain`: fine-tune from its pretrained trunk (its arch "
+        "and width) instead of random weights."
+    ),
 ) -> None:
     """Train the classifier on the labelled particles; keep the weights with the best val accuracy.
 
@@ -138,7 +142,7 @@ def train(
         metrics = _train(
             pool, output, dist, log_json, val_fraction=val_fraction, arch=arch, epochs=epochs,
             batch_size=batch_size, lr=lr, weight_decay=weight_decay, patience=patience, seed=seed,
-            device=device, augment=augment,
+            device=device, augment=augment, init_encoder=init,
         )
     finally:
         shutdown(dist)

@@ -495,18 +495,27 @@ def train_from_pool(
     val_fraction: float = DEFAULTS["val_fraction"],
     arch: str | None = None,
     progress: Progress | None = None,
+    init_encoder: str | os.PathLike | None = None,
     **fit_kwargs: Any,
 ) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
     """Train on a pool's labelled particles; returns (model, metrics, checkpoint metadata).
 
     The model predicts every class in the pool's class list (also those without labels yet), so
     its class indices match the pool's. Pass the metadata to `save_checkpoint`.
+    `init_encoder`: an encoder file (`cryoal pretrain -o`) whose trunk the model starts from (its
+    arch and width); the metadata then records its digest as `encoder_digest`.
     """
     from cryoal.io.pool import open_pool
 
     seed = int(fit_kwargs.get("seed", DEFAULTS["seed"]))
+    encoder = None
     with open_pool(pool_path) as pool:
         mode = get_mode(pool.mode)
+        if init_encoder is not None:  # checked before any data is read
+            from cryoal.learn.encoder import check_encoder_fits, read_encoder
+
+            encoder = read_encoder(init_encoder)
+            check_encoder_fits(encoder, init_encoder, mode=pool.mode, input_shape=pool.shape, arch=arch)
         present = None
         if mode.targets is not None:  # dense targets: the classes that pixels of the masks hold
             targets = mode.read_targets(pool, np.flatnonzero(pool.labels >= 0))
@@ -522,6 +531,13 @@ def train_from_pool(
             "val_ids": [str(p) for p in pool.particle_ids[val_idx]],
         }
     arch = arch or mode.default_arch
+    if encoder is not None:
+        from cryoal.learn.encoder import build_from_encoder, encoder_digest
+
+        seed_everything(seed)  # the new head's initialisation follows the seed, as from scratch
+        fit_kwargs["init_model"] = build_from_encoder(encoder, init_encoder, len(names))
+        arch = encoder["arch"]
+        meta_base["encoder_digest"] = encoder_digest(init_encoder)
     model, metrics = fit(
         x_train, y_train, x_val, y_val, arch=arch, n_classes=len(names), progress=progress,
         mode=mode.name, class_names=names, **fit_kwargs,
