@@ -178,7 +178,7 @@ def _run_record(pool_path: Path, truth_path: Path, data, config: BenchmarkConfig
     """run.json as the run starts: the command, inputs, options and versions."""
     return {
         "command": shlex.join(["cryoal", *sys.argv[1:]]),
-        "argv": list(sys.argv),
+        "argv": ["cryoal", *sys.argv[1:]],  # no path of the machine it ran on
         "pool": str(pool_path.resolve()),
         "truth": str(truth_path.resolve()),
         "n_particles": int(data.truth.size),
