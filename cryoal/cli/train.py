@@ -117,6 +117,10 @@ def train(
         None, "--init", help="Encoder from `cryoal pretrain`: fine-tune from its pretrained trunk (its arch "
         "and width) instead of random weights."
     ),
+    freeze_trunk: bool = typer.Option(
+        False, "--freeze-trunk", help="With --init: train the head alone on the pretrained features (a "
+        "linear probe)."
+    ),
 ) -> None:
     """Train the classifier on the labelled particles; keep the weights with the best val accuracy.
 
@@ -142,7 +146,7 @@ def train(
         metrics = _train(
             pool, output, dist, log_json, val_fraction=val_fraction, arch=arch, epochs=epochs,
             batch_size=batch_size, lr=lr, weight_decay=weight_decay, patience=patience, seed=seed,
-            device=device, augment=augment, init_encoder=init,
+            device=device, augment=augment, init_encoder=init, freeze_trunk=freeze_trunk,
         )
     finally:
         shutdown(dist)
