@@ -56,7 +56,7 @@ def finetune_vs_scratch(pool_path: str, encoder: str, y: np.ndarray, n_labels: i
 
     from cryoal.io.pool import open_pool
     from cryoal.learn.encoder import build_from_encoder, read_encoder
-    from cryoal.learn.train import fit, stratified_split
+    from cryoal.learn.train import PROBE_LR, fit, stratified_split
 
     rng = np.random.default_rng(seed)
     chosen = np.sort(rng.choice(len(y), n_labels, replace=False))
@@ -76,7 +76,8 @@ def finetune_vs_scratch(pool_path: str, encoder: str, y: np.ndarray, n_labels: i
             init.trunk.requires_grad_(False)
             init.frozen_trunk = True
         model, _ = fit(x_lab[tr], yi[chosen][tr], x_lab[va], yi[chosen][va], n_classes=len(classes),
-                       epochs=epochs, seed=seed, device=device, init_model=init)
+                       epochs=epochs, seed=seed, device=device, init_model=init,
+                       **({"lr": PROBE_LR} if name == "frozen" else {}))  # as `train --freeze-trunk`
         model.eval()
         dev = next(model.parameters()).device
         with torch.no_grad():

@@ -78,6 +78,7 @@ def _amp_settings(device: torch.device) -> tuple[torch.dtype | None, bool]:
 # every BatchNorm, including SyncBatchNorm and cryoal.learn.ddp.GlobalBatchNorm under torchrun
 _BN_TYPES = (nn.modules.batchnorm._BatchNorm,)
 BN_RECALIBRATION_SAMPLES = 1024
+PROBE_LR = 3e-2  # the default learning rate of a head trained alone on a frozen pretrained trunk
 
 
 def recalibrate_batchnorm(model: nn.Module, x: np.ndarray, mode, device: torch.device, batch_size: int,
@@ -544,6 +545,8 @@ def train_from_pool(
         seed_everything(seed)  # the new head's initialisation follows the seed, as from scratch
         fit_kwargs["init_model"] = build_from_encoder(encoder, init_encoder, len(names))
         if freeze_trunk:
+            # measured (benchmarks/pretrain_quality.py): at 1e-3 the head alone barely moves in 30 epochs
+            fit_kwargs.setdefault("lr", PROBE_LR)
             fit_kwargs["init_model"].trunk.requires_grad_(False)
             fit_kwargs["init_model"].frozen_trunk = True
             meta_base["freeze_trunk"] = True
