@@ -49,13 +49,14 @@ def random_trunk_embedding(pool_path: str, record: dict, seed: int) -> np.ndarra
 
 
 def finetune_vs_scratch(pool_path: str, encoder: str, y: np.ndarray, n_labels: int, seed: int,
-                        epochs: int, emb: np.ndarray) -> dict:
+                        epochs: int, emb: np.ndarray, device: str = "cpu",
+                        variants: tuple[str, ...] = ("scratch", "init", "frozen")) -> dict:
     """Accuracy on the unlabelled rest of scratch, --init and a linear probe, for one draw of labels."""
     from sklearn.linear_model import LogisticRegression
 
     from cryoal.io.pool import open_pool
     from cryoal.learn.encoder import build_from_encoder, read_encoder
-    from cryoal.learn.train import fit, stratified_split
+    from cryoal.learn.train import PROBE_LR, fit, stratified_split
 
     rng = np.random.default_rng(seed)
     chosen = np.sort(rng.choice(len(y), n_labels, replace=False))
@@ -65,18 +66,23 @@ def finetune_vs_scratch(pool_path: str, encoder: str, y: np.ndarray, n_labels: i
     with open_pool(pool_path) as pool:
         x_lab, x_rest = pool.read(chosen), pool.read(rest)
     out: dict = {"seed": seed}
-    for name in ("scratch", "init"):
+    for name in variants:  # scratch, fine-tuned from the encoder, or its frozen trunk (a linear probe)
         t0 = time.perf_counter()
         init = None
-        if name == "init":
+        if name != "scratch":
             torch.manual_seed(seed)
             init = build_from_encoder(read_encoder(encoder), encoder, len(classes))
+        if name == "frozen":
+            init.trunk.requires_grad_(False)
+            init.frozen_trunk = True
         model, _ = fit(x_lab[tr], yi[chosen][tr], x_lab[va], yi[chosen][va], n_classes=len(classes),
-                       epochs=epochs, seed=seed, device="cpu", init_model=init)
+                       epochs=epochs, seed=seed, device=device, init_model=init,
+                       **({"lr": PROBE_LR} if name == "frozen" else {}))  # as `train --freeze-trunk`
         model.eval()
+        dev = next(model.parameters()).device
         with torch.no_grad():
-            pred = np.concatenate([model(torch.as_tensor(x_rest[s:s + 128]).unsqueeze(1)).argmax(1).numpy()
-                                   for s in range(0, len(rest), 128)])
+            pred = np.concatenate([model(torch.as_tensor(x_rest[s:s + 128]).unsqueeze(1).to(dev)).argmax(1)
+                                   .cpu().numpy() for s in range(0, len(rest), 128)])
         out[name] = float((pred == yi[rest]).mean())
         out[f"{name}_s"] = round(time.perf_counter() - t0, 1)
     probe = LogisticRegression(max_iter=2000).fit(emb[chosen], yi[chosen])
@@ -92,6 +98,8 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="*", default=[0])
     ap.add_argument("--labels", type=int, default=50)
     ap.add_argument("--epochs", type=int, default=30, help="fine-tuning / scratch epochs (train's default)")
+    ap.add_argument("--variants", nargs="*", default=["scratch", "init", "frozen"])
+    ap.add_argument("--device", default="cpu", help="where the fine-tuning runs (cpu, cuda)")
     ap.add_argument("-o", "--output", type=Path)
     a = ap.parse_args()
 
@@ -112,9 +120,11 @@ def main() -> None:
         "pool": a.pool, "n": len(y), "classes": len(set(y)), "pretrain": record["pretrain"],
         "knn10_purity": knn_purity(emb, y),
         "knn10_purity_random_trunk": knn_purity(random_trunk_embedding(a.pool, record, 0), y),
-        "runs": [finetune_vs_scratch(a.pool, a.encoder, y, a.labels, s, a.epochs, emb) for s in a.seeds],
+        "runs": [finetune_vs_scratch(a.pool, a.encoder, y, a.labels, s, a.epochs, emb, a.device,
+                                     tuple(a.variants))
+                 for s in a.seeds],
     }
-    for key in ("scratch", "init", "probe"):
+    for key in (*a.variants, "probe"):
         result[f"mean_{key}"] = float(np.mean([r[key] for r in result["runs"]]))
     text = json.dumps(result, indent=1)
     print(text)

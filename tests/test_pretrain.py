@@ -211,3 +211,21 @@ def test_an_interrupted_pretrain_leaves_no_encoder_or_temp_and_the_pool_as_it_wa
     assert enc.exists() == (when == "embed")
     if enc.exists():
         read_encoder(enc)
+
+
+def test_freeze_trunk_trains_the_head_alone(tmp_path):
+    pool, enc, model_path = tmp_path / "pool.h5", tmp_path / "enc.pt", tmp_path / "m.pt"
+    make_pool(pool, 12)
+    pretrain_to_file(pool, enc, TINY)
+    res = cli("train", pool, "-o", model_path, "--init", enc, "--freeze-trunk", "--epochs", "3",
+              "--device", "cpu")
+    assert res.exit_code == 0, res.output
+    ckpt = torch.load(model_path, weights_only=True)
+    trunk = read_encoder(enc)["state_dict"]
+    for k, v in trunk.items():  # weights and BatchNorm statistics exactly as pretrained
+        torch.testing.assert_close(ckpt["state_dict"][f"trunk.{k}"], v, rtol=0, atol=0)
+    assert ckpt["freeze_trunk"] is True
+    # without --init there is nothing to freeze: one line, nothing written
+    res = cli("train", pool, "-o", tmp_path / "x.pt", "--freeze-trunk", "--epochs", "1", "--device", "cpu")
+    assert_one_error(res, "--freeze-trunk")
+    assert not (tmp_path / "x.pt").exists()

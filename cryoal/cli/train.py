@@ -94,7 +94,10 @@ def train(
     ),
     epochs: int = typer.Option(_DEFAULT_EPOCHS, "--epochs", min=1, help="Maximum number of epochs."),
     batch_size: int = typer.Option(16, "--batch-size", min=2, help="Training batch size (at least 2)."),
-    lr: float = typer.Option(1e-3, "--lr", min=0.0, help="AdamW learning rate (cosine decay)."),
+    lr: float = typer.Option(
+        None, "--lr", min=0.0,
+        help="AdamW learning rate (cosine decay); default 1e-3, 3e-2 with --freeze-trunk.",
+    ),
     weight_decay: float = typer.Option(1e-2, "--weight-decay", min=0.0, help="AdamW weight decay."),
     seed: int = typer.Option(
         0, "--seed", help="Seed for the split, initialisation, shuffling and augmentation."
@@ -116,6 +119,10 @@ def train(
     init: Path = typer.Option(
         None, "--init", help="Encoder from `cryoal pretrain`: fine-tune from its pretrained trunk (its arch "
         "and width) instead of random weights."
+    ),
+    freeze_trunk: bool = typer.Option(
+        False, "--freeze-trunk", help="With --init: train the head alone on the pretrained features (a "
+        "linear probe)."
     ),
 ) -> None:
     """Train the classifier on the labelled particles; keep the weights with the best val accuracy.
@@ -141,8 +148,9 @@ def train(
     try:
         metrics = _train(
             pool, output, dist, log_json, val_fraction=val_fraction, arch=arch, epochs=epochs,
-            batch_size=batch_size, lr=lr, weight_decay=weight_decay, patience=patience, seed=seed,
-            device=device, augment=augment, init_encoder=init,
+            batch_size=batch_size, weight_decay=weight_decay, patience=patience, seed=seed,
+            device=device, augment=augment, init_encoder=init, freeze_trunk=freeze_trunk,
+            **({} if lr is None else {"lr": lr}),
         )
     finally:
         shutdown(dist)

@@ -78,6 +78,7 @@ def _amp_settings(device: torch.device) -> tuple[torch.dtype | None, bool]:
 # every BatchNorm, including SyncBatchNorm and cryoal.learn.ddp.GlobalBatchNorm under torchrun
 _BN_TYPES = (nn.modules.batchnorm._BatchNorm,)
 BN_RECALIBRATION_SAMPLES = 1024
+PROBE_LR = 3e-2  # the default learning rate of a head trained alone on a frozen pretrained trunk
 
 
 def recalibrate_batchnorm(model: nn.Module, x: np.ndarray, mode, device: torch.device, batch_size: int,
@@ -90,7 +91,8 @@ def recalibrate_batchnorm(model: nn.Module, x: np.ndarray, mode, device: torch.d
     Under torchrun (`dist`) each rank passes its share of every chunk and the global-batch
     BatchNorm of `cryoal.learn.ddp` gives the statistics of the whole chunk, as in one process.
     """
-    bns = [mod for mod in model.modules() if isinstance(mod, _BN_TYPES)]
+    frozen = set(model.trunk.modules()) if getattr(model, "frozen_trunk", False) else set()
+    bns = [mod for mod in model.modules() if isinstance(mod, _BN_TYPES) and mod not in frozen]
     if not bns:
         return
     model.eval()
@@ -303,6 +305,8 @@ def _train_one_epoch(run: _Run, x_train: np.ndarray, y_train: np.ndarray, epoch:
     n, batch_size = len(y_train), run.batch_size
     n_batches = math.ceil(n / batch_size)
     run.net.train()
+    if getattr(run.model, "frozen_trunk", False):  # a linear probe: the trunk's BatchNorm stays as loaded
+        run.model.trunk.eval()
     perm = torch.randperm(n, generator=run.gen).numpy()
     total_loss, total_correct, seen, total_targets = 0.0, 0, 0, 0
     for b in range(n_batches):
@@ -496,6 +500,7 @@ def train_from_pool(
     arch: str | None = None,
     progress: Progress | None = None,
     init_encoder: str | os.PathLike | None = None,
+    freeze_trunk: bool = False,
     **fit_kwargs: Any,
 ) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
     """Train on a pool's labelled particles; returns (model, metrics, checkpoint metadata).
@@ -503,12 +508,15 @@ def train_from_pool(
     The model predicts every class in the pool's class list (also those without labels yet), so
     its class indices match the pool's. Pass the metadata to `save_checkpoint`.
     `init_encoder`: an encoder file (`cryoal pretrain -o`) whose trunk the model starts from (its
-    arch and width); the metadata then records its digest as `encoder_digest`.
+    arch and width); the metadata then records its digest as `encoder_digest`. `freeze_trunk` (with
+    `init_encoder`) trains the head alone on the pretrained features: a linear probe.
     """
     from cryoal.io.pool import open_pool
 
     seed = int(fit_kwargs.get("seed", DEFAULTS["seed"]))
     encoder = None
+    if freeze_trunk and init_encoder is None:
+        raise CryoalError("--freeze-trunk needs --init ENCODER (a random trunk would stay random)")
     with open_pool(pool_path) as pool:
         mode = get_mode(pool.mode)
         if init_encoder is not None:  # checked before any data is read
@@ -536,6 +544,12 @@ def train_from_pool(
 
         seed_everything(seed)  # the new head's initialisation follows the seed, as from scratch
         fit_kwargs["init_model"] = build_from_encoder(encoder, init_encoder, len(names))
+        if freeze_trunk:
+            # measured (benchmarks/pretrain_quality.py): at 1e-3 the head alone barely moves in 30 epochs
+            fit_kwargs.setdefault("lr", PROBE_LR)
+            fit_kwargs["init_model"].trunk.requires_grad_(False)
+            fit_kwargs["init_model"].frozen_trunk = True
+            meta_base["freeze_trunk"] = True
         arch = encoder["arch"]
         meta_base["encoder_digest"] = encoder_digest(init_encoder)
     model, metrics = fit(
