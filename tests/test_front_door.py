@@ -59,7 +59,8 @@ def test_help_keeps_every_word_of_every_option(command):
 
 def test_benchmark_defaults_in_brackets_survive():
     shown = " ".join(help_text("benchmark").translate(BOX_CHARS).split())
-    for text in ("schemes [default: every select --scheme].", "architecture [default: the train default].",
+    for text in ("schemes [default: every select --scheme; typiclust only with --pretrain].",
+                 "architecture [default: the train default].",
                  "arch [default: the arch's].", "cycle [default: --epochs]."):
         assert text in shown
 
