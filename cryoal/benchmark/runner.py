@@ -152,6 +152,8 @@ def _check_pretrain_options(config: BenchmarkConfig) -> None:
         raise OptionError("--initial-scheme typiclust: needs --pretrain (it picks from the embedding)")
     if config.pretrain_epochs is not None and not config.pretrain:
         raise OptionError("--pretrain-epochs: needs --pretrain")
+    if config.freeze_trunk and not config.pretrain:
+        raise OptionError("--freeze-trunk: needs --pretrain (a random trunk would stay random)")
     if not config.pretrain:  # the benchmark's working pools have an embedding only under --pretrain
         from cryoal.benchmark.variants import parse_variant
         from cryoal.scoring import SCHEMES
