@@ -298,3 +298,16 @@ def test_freeze_trunk_needs_pretrain(tiny, tmp_path):
     res = _run(d, out, "--freeze-trunk")
     assert res.exit_code == 2 and "--freeze-trunk: needs --pretrain" in res.output
     assert "Traceback" not in res.output and not out.exists()
+
+
+def test_resuming_a_fine_tuned_run_frozen_is_refused(tiny, tmp_path):
+    """Also from a run.json written before the option existed (no `freeze_trunk`: fine-tuned)."""
+    d, _ = tiny
+    out = tmp_path / "out"
+    assert _run(d, out, *PRETRAIN, cycles=1).exit_code == 0
+    run = json.loads((out / "run.json").read_text())
+    del run["options"]["freeze_trunk"]
+    (out / "run.json").write_text(json.dumps(run))
+    res = _run(d, out, *PRETRAIN, "--freeze-trunk", "--lr", "0.001", "--resume", cycles=2)  # same lr
+    assert res.exit_code == 1 and "option freeze_trunk was False" in res.output
+    assert not (out / "state" / "random-seed0-cycle0.pt").exists()  # refused before any cycle ran

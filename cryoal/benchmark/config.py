@@ -50,6 +50,8 @@ class BenchmarkConfig:
         "weight_decay", "patience", "warm_start", "warm_epochs", "mc_passes", "norm", "augment", "beta",
         "pretrain", "pretrain_epochs", "initial_scheme", "freeze_trunk",
     )
+    # result keys added after run.json files existed: the value an older run.json that lacks one ran with
+    ABSENT_MEANS = {"freeze_trunk": False}
 
     def __post_init__(self) -> None:
         if self.lr is None:  # the default of `cryoal train`, with or without --freeze-trunk

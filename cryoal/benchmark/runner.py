@@ -59,6 +59,8 @@ def check_resumable(out: Path, config: BenchmarkConfig, pool: Path, truth: Path)
         raise CryoalError(f"{path}: not a cryoal benchmark run.json") from None
     new = config.to_dict()
     for key in BenchmarkConfig.RESULT_KEYS:
+        if key not in old and key in BenchmarkConfig.ABSENT_MEANS:
+            old = {**old, key: BenchmarkConfig.ABSENT_MEANS[key]}
         if key in old and old[key] != new[key]:
             raise CryoalError(
                 f"--resume: option {key} was {old[key]!r} in {path}, now {new[key]!r}; "
