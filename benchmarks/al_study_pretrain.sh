@@ -7,7 +7,11 @@
 #   SNRS="inf 0.03" bash benchmarks/al_study_pretrain.sh        # then the long run, same NAME
 #   NAME=smoke CLASSES=2 PER_CLASS=20 SEEDS=1 CYCLES=2 INITIAL=6 BUDGET=4 EPOCHS=1 WARM=1 \
 #     PRETRAIN_EPOCHS=1 bash benchmarks/al_study_pretrain.sh   # a smoke run (minutes)
+#   NAME=study_pretrain_frozen FREEZE=1 bash benchmarks/al_study_pretrain.sh   # frozen trunks
 #
+# FREEZE=1 adds --freeze-trunk to the two --pretrain arms: every model trains the head alone on
+# the seed's frozen encoder (`train --init --freeze-trunk`, lr 3e-2), warm-start cycles included;
+# scratch/ is unchanged. Give it its own NAME: resuming a fine-tuned run frozen is refused.
 # Data and sizes as benchmarks/al_study.sh: 10 classes x 70 particles, box 32, ±60° wedge, CTF at
 # 5 µm, simulation seed 0; test split 0.43 (300 particles, never selectable, never pretrained on);
 # initial 50, budget 25, 3 cycles (50 -> 100 labels); rb3d, batch 8, validation 0.2, 20 epochs at
@@ -39,6 +43,7 @@ TRAIN=(--arch rb3d --width "$WIDTH" --epochs "$EPOCHS" --warm-start --warm-epoch
        --cycles "$CYCLES" --test-fraction "$TEST_FRACTION" --device cpu)
 PRETRAIN=(--pretrain)
 [[ -n "$PRETRAIN_EPOCHS" ]] && PRETRAIN+=(--pretrain-epochs "$PRETRAIN_EPOCHS")
+[[ -n "${FREEZE:-}" && "$FREEZE" != 0 ]] && PRETRAIN+=(--freeze-trunk)
 WORK=${WORK:-/tmp/cryoal_al_snr}/$NAME
 RESULTS=benchmarks/results/$NAME
 mkdir -p "$WORK" "$RESULTS/logs"

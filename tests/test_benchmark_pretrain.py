@@ -221,3 +221,93 @@ def test_default_schemes_leave_typiclust_to_pretrained_runs(tiny, tmp_path):
     assert res.exit_code == 0, res.output
     pre = json.loads((tmp_path / "pre" / "run.json").read_text())["options"]["schemes"]
     assert pre == [*plain, "typiclust"]
+
+
+@pytest.fixture
+def trained(monkeypatch):
+    """Every `fit` the benchmark runs: its learning rate and the trunk and head weights before and
+    after training."""
+    seen = []
+    real_fit = cryoal.learn.train.fit
+
+    def snapshot(module):
+        return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+    def fit(*a, init_model=None, **kw):
+        before = None if init_model is None else (snapshot(init_model.trunk), snapshot(init_model.head))
+        model, metrics = real_fit(*a, init_model=init_model, **kw)
+        seen.append({"lr": kw["lr"], "before": before, "trunk": snapshot(model.trunk),
+                     "head": snapshot(model.head)})
+        return model, metrics
+
+    monkeypatch.setattr(cryoal.learn.train, "fit", fit)
+    return seen
+
+
+def _same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+WARM = ["--warm-start", "--epochs", "2"]  # two epochs: a fine-tuned trunk surely moves
+
+
+def test_freeze_trunk_trains_the_head_alone_every_cycle(tiny, tmp_path, trained):
+    d, _ = tiny
+    out = tmp_path / "out"
+    res = _run(d, out, *PRETRAIN, *WARM, "--freeze-trunk", cycles=3)
+    assert res.exit_code == 0, res.output
+    enc = torch.load(out / "state" / "encoder-seed0.pt", weights_only=True)["state_dict"]
+    assert len(trained) == 3  # cycle 0, then two warm-start cycles from the previous model
+    for fit in trained:
+        # the trunk, BatchNorm statistics included, is the encoder's after training; the head learnt
+        assert fit["before"] is not None and _same(fit["before"][0], enc) and _same(fit["trunk"], enc)
+        assert not _same(fit["head"], fit["before"][1])
+        assert fit["lr"] == cryoal.learn.train.PROBE_LR  # `train --freeze-trunk`'s default
+    assert _same(trained[1]["before"][1], trained[0]["head"])  # warm start: from the previous head
+    run = json.loads((out / "run.json").read_text())
+    assert run["options"]["freeze_trunk"] is True and run["options"]["lr"] == cryoal.learn.train.PROBE_LR
+    assert torch.load(out / "state" / "cycle0-seed0.pt", weights_only=True)["freeze_trunk"] is True
+    # resumed: cycle 2 starts from the cycle-1 model saved in the state directory, loaded afresh
+    trained.clear()
+    res = _run(d, out, *PRETRAIN, *WARM, "--freeze-trunk", "--resume", cycles=4)
+    assert res.exit_code == 0, res.output
+    assert len(trained) == 2
+    for fit in trained:
+        assert _same(fit["trunk"], enc) and not _same(fit["head"], fit["before"][1])
+
+
+def test_frozen_run_reuses_no_fine_tuned_cycle0_model(tiny, tmp_path, trained):
+    """A cycle-0 model left in the state directory by a fine-tuned run is trained again frozen."""
+    d, _ = tiny
+    out = tmp_path / "out"
+    assert _run(d, out, *PRETRAIN, *WARM, "--lr", "0.01", cycles=1).exit_code == 0
+    enc = torch.load(out / "state" / "encoder-seed0.pt", weights_only=True)["state_dict"]
+    assert len(trained) == 1 and trained[0]["lr"] == 0.01
+    assert not _same(trained[0]["trunk"], enc)  # fine-tuned: the trunk moved
+    (out / "curves.csv").unlink()  # the state directory stays, as after a run cut short
+    (out / "selections.csv").unlink(missing_ok=True)
+    trained.clear()
+    res = _run(d, out, *PRETRAIN, *WARM, "--freeze-trunk", "--lr", "0.01", cycles=2)
+    assert res.exit_code == 0, res.output
+    assert len(trained) == 2 and all(_same(f["trunk"], enc) and f["lr"] == 0.01 for f in trained)
+
+
+def test_freeze_trunk_needs_pretrain(tiny, tmp_path):
+    d, _ = tiny
+    out = tmp_path / "out"
+    res = _run(d, out, "--freeze-trunk")
+    assert res.exit_code == 2 and "--freeze-trunk: needs --pretrain" in res.output
+    assert "Traceback" not in res.output and not out.exists()
+
+
+def test_resuming_a_fine_tuned_run_frozen_is_refused(tiny, tmp_path):
+    """Also from a run.json written before the option existed (no `freeze_trunk`: fine-tuned)."""
+    d, _ = tiny
+    out = tmp_path / "out"
+    assert _run(d, out, *PRETRAIN, cycles=1).exit_code == 0
+    run = json.loads((out / "run.json").read_text())
+    del run["options"]["freeze_trunk"]
+    (out / "run.json").write_text(json.dumps(run))
+    res = _run(d, out, *PRETRAIN, "--freeze-trunk", "--lr", "0.001", "--resume", cycles=2)  # same lr
+    assert res.exit_code == 1 and "option freeze_trunk was False" in res.output
+    assert not (out / "state" / "random-seed0-cycle0.pt").exists()  # refused before any cycle ran

@@ -28,7 +28,7 @@ class BenchmarkConfig:
     batch_size: int = 16
     arch: str = "resnet3d"
     width: int | None = None  # the arch's channel width (None: its default)
-    lr: float = 1e-3
+    lr: float | None = None  # None: 1e-3, or `train --freeze-trunk`'s PROBE_LR with freeze_trunk
     weight_decay: float = 1e-2
     patience: int = 0
     warm_start: bool = False
@@ -42,13 +42,22 @@ class BenchmarkConfig:
     pretrain: bool = False  # one self-supervised pretraining per seed on its non-test particles
     pretrain_epochs: int | None = None  # None: `cryoal pretrain`'s default
     initial_scheme: str = "random"  # how each seed's initial set is drawn: random (balanced) or typiclust
+    freeze_trunk: bool = False  # --pretrain: train the head alone on the frozen encoder trunk
 
     # options that change results: a resumed run must use the same values
     RESULT_KEYS = (
         "initial", "budget", "test_fraction", "val_fraction", "epochs", "batch_size", "arch", "width", "lr",
         "weight_decay", "patience", "warm_start", "warm_epochs", "mc_passes", "norm", "augment", "beta",
-        "pretrain", "pretrain_epochs", "initial_scheme",
+        "pretrain", "pretrain_epochs", "initial_scheme", "freeze_trunk",
     )
+    # result keys added after run.json files existed: the value an older run.json that lacks one ran with
+    ABSENT_MEANS = {"freeze_trunk": False}
+
+    def __post_init__(self) -> None:
+        if self.lr is None:  # the default of `cryoal train`, with or without --freeze-trunk
+            from cryoal.learn.train import PROBE_LR
+
+            self.lr = PROBE_LR if self.freeze_trunk else 1e-3
 
     def to_dict(self) -> dict:
         return asdict(self)

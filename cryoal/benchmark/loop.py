@@ -240,12 +240,15 @@ def _cycle0(data, config, steps, out, seed, split, timings, log) -> dict:
     path = _state_path(out, f"cycle0-seed{seed}.pt")
     enc = data.scratch.get("encoder") if config.pretrain else None
     origin = {"encoder_digest": enc.digest} if enc is not None else {}  # what it was fine-tuned from
+    if config.freeze_trunk:  # a probe on the frozen trunk is another model than a fine-tuned one
+        origin["freeze_trunk"] = True
     model = None
     if path.exists():
         model = steps.train(data, split.initial, config, seed, 0, None, build_only=True)
         blob = load_weights(path, model)
         if (blob.get("initial_ids") == [str(i) for i in data.particle_ids[split.initial]]
-                and blob.get("encoder_digest") == origin.get("encoder_digest")):
+                and blob.get("encoder_digest") == origin.get("encoder_digest")
+                and blob.get("freeze_trunk", False) == config.freeze_trunk):
             log(f"seed {seed}: cycle-0 model reused from {path}")
             return {"model": model, "scores": (float(blob["accuracy"]), float(blob["macro_f1"]))}
         model = None  # another split: train afresh

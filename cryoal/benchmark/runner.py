@@ -59,6 +59,8 @@ def check_resumable(out: Path, config: BenchmarkConfig, pool: Path, truth: Path)
         raise CryoalError(f"{path}: not a cryoal benchmark run.json") from None
     new = config.to_dict()
     for key in BenchmarkConfig.RESULT_KEYS:
+        if key not in old and key in BenchmarkConfig.ABSENT_MEANS:
+            old = {**old, key: BenchmarkConfig.ABSENT_MEANS[key]}
         if key in old and old[key] != new[key]:
             raise CryoalError(
                 f"--resume: option {key} was {old[key]!r} in {path}, now {new[key]!r}; "
@@ -152,6 +154,8 @@ def _check_pretrain_options(config: BenchmarkConfig) -> None:
         raise OptionError("--initial-scheme typiclust: needs --pretrain (it picks from the embedding)")
     if config.pretrain_epochs is not None and not config.pretrain:
         raise OptionError("--pretrain-epochs: needs --pretrain")
+    if config.freeze_trunk and not config.pretrain:
+        raise OptionError("--freeze-trunk: needs --pretrain (a random trunk would stay random)")
     if not config.pretrain:  # the benchmark's working pools have an embedding only under --pretrain
         from cryoal.benchmark.variants import parse_variant
         from cryoal.scoring import SCHEMES

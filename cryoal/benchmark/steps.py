@@ -74,6 +74,11 @@ def train_model(data: BenchmarkData, labelled: np.ndarray, config: BenchmarkConf
         from cryoal.benchmark.pretraining import initial_model
 
         init_model = initial_model(enc, data.n_classes, splits.torch_seed_for(seed, splits.TRAINING, cycle))
+    if config.freeze_trunk and init_model is not None:
+        from cryoal.learn.encoder import freeze_trunk
+
+        # every time: a warm-start model loaded from saved weights has lost the flag
+        init_model = freeze_trunk(init_model)
     labelled = np.asarray(labelled, dtype=np.int64)
     y = data.truth[labelled]
     pos_train, pos_val = stratified_split(

@@ -77,7 +77,9 @@ def benchmark(
     width: int = typer.Option(
         None, "--width", min=1, help="Channel width of the arch [default: the arch's]."
     ),
-    lr: float = typer.Option(1e-3, "--lr", min=0.0, help="AdamW learning rate."),
+    lr: float = typer.Option(
+        None, "--lr", min=0.0, help="AdamW learning rate [default: 1e-3, 3e-2 with --freeze-trunk]."
+    ),
     patience: int = typer.Option(0, "--patience", min=0, help="Early-stopping patience in epochs (0: off)."),
     warm_start: bool = typer.Option(False, "--warm-start", help="Fine-tune the previous cycle's model."),
     warm_epochs: int = typer.Option(
@@ -107,6 +109,10 @@ def benchmark(
         help="How each seed's initial set is drawn: random (class-balanced) or typiclust on the "
         "embedding from zero labels (needs --pretrain).",
     ),
+    freeze_trunk: bool = typer.Option(
+        False, "--freeze-trunk", help="With --pretrain: every model trains the head alone on the seed's "
+        "frozen encoder trunk (as `train --init --freeze-trunk`), warm-start cycles included.",
+    ),
     log_json: Path = typer.Option(
         None, "--log-json", help="Append JSON-lines events (start, progress, cycle, done) to this file."
     ),
@@ -135,5 +141,5 @@ def benchmark(
             arch=arch, width=width, lr=lr, patience=patience, warm_start=warm_start, warm_epochs=warm_epochs,
             mc_passes=mc_passes, norm=norm, device=device, resume=resume, augment=augment, beta=beta,
             pretrain=pretrain, pretrain_epochs=pretrain_epochs, initial_scheme=initial_scheme,
-            event_log=event_log,
+            freeze_trunk=freeze_trunk, event_log=event_log,
         )

@@ -112,5 +112,16 @@ def build_from_encoder(record: dict[str, Any], path: str | os.PathLike, n_classe
     return model
 
 
+def freeze_trunk(model: nn.Module) -> nn.Module:
+    """Make `model` a linear probe: its trunk gets no gradient, and `fit` keeps the trunk's
+    BatchNorm in eval mode and its statistics as loaded (the `frozen_trunk` flag). Returns `model`.
+
+    Idempotent; a model loaded from saved weights (a warm start) must be frozen again, as the
+    flag and `requires_grad` are not part of its weights."""
+    model.trunk.requires_grad_(False)
+    model.frozen_trunk = True
+    return model
+
+
 __all__ = ["FORMAT_VERSION", "KIND", "build_from_encoder", "check_encoder_fits", "encoder_digest",
-           "read_encoder", "save_encoder"]
+           "freeze_trunk", "read_encoder", "save_encoder"]

@@ -541,14 +541,14 @@ def train_from_pool(
     arch = arch or mode.default_arch
     if encoder is not None:
         from cryoal.learn.encoder import build_from_encoder, encoder_digest
+        from cryoal.learn.encoder import freeze_trunk as freeze  # the argument has the function's name
 
         seed_everything(seed)  # the new head's initialisation follows the seed, as from scratch
         fit_kwargs["init_model"] = build_from_encoder(encoder, init_encoder, len(names))
         if freeze_trunk:
             # measured (benchmarks/pretrain_quality.py): at 1e-3 the head alone barely moves in 30 epochs
             fit_kwargs.setdefault("lr", PROBE_LR)
-            fit_kwargs["init_model"].trunk.requires_grad_(False)
-            fit_kwargs["init_model"].frozen_trunk = True
+            freeze(fit_kwargs["init_model"])
             meta_base["freeze_trunk"] = True
         arch = encoder["arch"]
         meta_base["encoder_digest"] = encoder_digest(init_encoder)
