@@ -10,6 +10,7 @@ CSV columns (DESIGN.md section 4): rank,particle_id,score,predicted_label,confid
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from collections.abc import Callable
@@ -115,15 +116,16 @@ def select_from_pool(
     from cryoal.scoring.picks import EMBEDDING_PICKS
     from cryoal.scoring.registry import ScoreScheme
 
+    # checked at most once (it digests every particle id), and only where an answer is needed
+    problem = functools.cache(lambda: embedding_problem(pool, encoder_digest))
     # the default pick follows the pool: an embedding pick where the embedding can be used
-    embedded = pick is None and not balance and embedding_problem(pool, encoder_digest) is None
+    embedded = pick is None and not balance and problem() is None
     sch, pick = _checked_options(model, scheme, n, batch_size, norm, mc_passes, samples, pool_subset,
                                  pick, balance, beta, embedded)
     cand, n_out, n_unlabelled = _candidates(pool, n, pool_subset, seed)
     uses_embedding = getattr(sch, "embedding", False) or pick in EMBEDDING_PICKS
-    problem = embedding_problem(pool, encoder_digest) if uses_embedding else None
-    if problem:  # every rank sees the same pool: all refuse alike, before any scoring
-        raise PoolError(problem)
+    if uses_embedding and problem():  # every rank sees the same pool: all refuse alike, before scoring
+        raise PoolError(problem())
     job = _Job(pool, model, dist or DistContext(), batch_size, progress, seed,
                temperature_of(model) if calibrated else 1.0, total=cand.size)
     if isinstance(sch, ScoreScheme):
