@@ -47,12 +47,12 @@ class SeedEncoder:
 def pretrain_settings(data: BenchmarkData, config: BenchmarkConfig, seed: int):
     """`cryoal pretrain`'s defaults, with the benchmark's arch and width (the fine-tuned models are
     then the scratch models' architecture) and a seed derived from the benchmark's seed."""
-    from cryoal.learn.encoder import _default_width  # the arch's own width when --width is not given
+    from cryoal.learn.encoder import default_width  # the arch's own width when --width is not given
     from cryoal.learn.pretrain import PretrainSettings
     from cryoal.modes import get_mode
 
     model = get_mode(data.pool.mode).build_model(config.arch, data.pool.shape, 2, **config.arch_kwargs)
-    width = int(config.width or _default_width(model))
+    width = int(config.width or default_width(model))
     epochs = config.pretrain_epochs or PretrainSettings.epochs
     return PretrainSettings(arch=config.arch, width=width, epochs=epochs, device=config.device,
                             seed=splits.torch_seed_for(seed, splits.PRETRAINING))

@@ -42,7 +42,7 @@ def save_encoder(path: str | os.PathLike, model: nn.Module, *, mode: str, pool_d
     shape = [int(s) for s in model.input_shape]
     record = {
         "kind": KIND, "format_version": FORMAT_VERSION, "arch": str(model.arch),
-        "width": int(model.arch_kwargs.get("width") or _default_width(model)),
+        "width": int(model.arch_kwargs.get("width") or default_width(model)),
         "mode": mode, "input_shape": shape, "box": shape[-1], "embedding_dim": int(embedding_dim),
         "pool_digest": pool_digest, "pretrain": plain(pretrain),
         "state_dict": {k: v.detach().cpu().clone() for k, v in model.trunk.state_dict().items()},
@@ -52,7 +52,7 @@ def save_encoder(path: str | os.PathLike, model: nn.Module, *, mode: str, pool_d
     return encoder_digest(path)
 
 
-def _default_width(model: nn.Module) -> int:
+def default_width(model: nn.Module) -> int:
     """The width the arch used when none was given (its constructor's default)."""
     import inspect
 
