@@ -25,6 +25,7 @@ def _peak():
         if line.startswith("VmHWM:"):
             open(os.environ["CRYOAL_RSS_FILE"], "w").write(line.split()[1])
 atexit.register(_peak)
+exec(os.environ.get("CRYOAL_RSS_PRELUDE", ""))  # a benchmark's patch, run before the CLI
 from cryoal.cli import main
 sys.argv = ["cryoal", *sys.argv[1:]]
 main()
@@ -42,12 +43,14 @@ class MeasuredRun:
     peak_mib: float | None
 
 
-def run_cryoal(args: list[str], env_extra: dict[str, str] | None = None) -> MeasuredRun:
-    """Run `cryoal ARGS` in a fresh interpreter (this checkout first on the path) and measure it."""
+def run_cryoal(args: list[str], env_extra: dict[str, str] | None = None, prelude: str = "") -> MeasuredRun:
+    """Run `cryoal ARGS` in a fresh interpreter (this checkout first on the path) and measure it;
+    `prelude` is Python code the child runs first (a benchmark's patch, e.g. fewer steps)."""
     with tempfile.TemporaryDirectory(prefix="cryoal_rss_") as scratch:
         rss_file = Path(scratch) / "rss.txt"
         path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
-        env = {**os.environ, "PYTHONPATH": path, "CRYOAL_RSS_FILE": str(rss_file), **(env_extra or {})}
+        env = {**os.environ, "PYTHONPATH": path, "CRYOAL_RSS_FILE": str(rss_file),
+               "CRYOAL_RSS_PRELUDE": prelude, **(env_extra or {})}
         t0 = time.perf_counter()
         res = subprocess.run([sys.executable, "-c", _WRAPPER, *args], capture_output=True, text=True, env=env)
         seconds = time.perf_counter() - t0

@@ -10,7 +10,6 @@ CSV columns (DESIGN.md section 4): rank,particle_id,score,predicted_label,confid
 
 from __future__ import annotations
 
-import functools
 import math
 import os
 from collections.abc import Callable
@@ -96,8 +95,8 @@ def select_from_pool(
     global positions, see `cryoal.io.prefetch.batch_plan`), rank 0 gathers the per-particle
     results (features, for coreset/badge) and ranks them exactly as one process does; the other
     ranks return None. A failure on any rank raises a CryoalError on every rank.
-    `pick` (score-based schemes only; None: `picks.default_pick`, which is an embedding pick on a
-    pool whose embedding can be used; `Ranked.extra["pick"]` says which) is how the `n` rows are drawn
+    `pick` (score-based schemes only; None: `picks.default_pick`; `Ranked.extra["pick"]` says
+    which) is how the `n` rows are drawn
     from the scores (`cryoal.scoring.picks`), with `beta` for the sampled picks and `seed` for
     their noise; `balance=True` is `pick="balanced"`. `calibrated` divides the logits by the
     model's fitted temperature (`cryoal.learn.calibration`) wherever probabilities or gradients of the
@@ -116,16 +115,14 @@ def select_from_pool(
     from cryoal.scoring.picks import EMBEDDING_PICKS
     from cryoal.scoring.registry import ScoreScheme
 
-    # checked at most once (it digests every particle id), and only where an answer is needed
-    problem = functools.cache(lambda: embedding_problem(pool, encoder_digest))
-    # the default pick follows the pool: an embedding pick where the embedding can be used
-    embedded = pick is None and not balance and problem() is None
     sch, pick = _checked_options(model, scheme, n, batch_size, norm, mc_passes, samples, pool_subset,
-                                 pick, balance, beta, embedded)
+                                 pick, balance, beta)
     cand, n_out, n_unlabelled = _candidates(pool, n, pool_subset, seed)
     uses_embedding = getattr(sch, "embedding", False) or pick in EMBEDDING_PICKS
-    if uses_embedding and problem():  # every rank sees the same pool: all refuse alike, before scoring
-        raise PoolError(problem())
+    # checked only where the embedding is read (it digests every particle id); every rank sees the
+    # same pool, so all refuse alike, before scoring
+    if uses_embedding and (problem := embedding_problem(pool, encoder_digest)):
+        raise PoolError(problem)
     job = _Job(pool, model, dist or DistContext(), batch_size, progress, seed,
                temperature_of(model) if calibrated else 1.0, total=cand.size)
     if isinstance(sch, ScoreScheme):
@@ -137,8 +134,7 @@ def select_from_pool(
 
 
 def _checked_options(model, scheme: str, n: int | None, batch_size: int, norm: str, mc_passes: int,
-                     samples: int, pool_subset: int | None, pick: str | None, balance: bool, beta: float,
-                     embedded: bool = False):
+                     samples: int, pool_subset: int | None, pick: str | None, balance: bool, beta: float):
     """(the scheme, the pick it uses); CryoalError naming the first option that cannot work."""
     from cryoal.scoring import get_scheme
     from cryoal.scoring.gradnorm import NORMS
@@ -164,7 +160,7 @@ def _checked_options(model, scheme: str, n: int | None, batch_size: int, norm: s
     if scheme == "bald" and model is not None and not has_dropout(model):
         raise CryoalError("--scheme bald needs a model with a dropout layer (MC dropout); this one has none")
     pick = resolve_pick(scheme, not isinstance(sch, ScoreScheme), pick, balance, beta,
-                        nonnegative=getattr(sch, "nonnegative", True), embedded=embedded)
+                        nonnegative=getattr(sch, "nonnegative", True))
     return sch, pick
 
 

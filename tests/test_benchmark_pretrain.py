@@ -311,3 +311,30 @@ def test_resuming_a_fine_tuned_run_frozen_is_refused(tiny, tmp_path):
     res = _run(d, out, *PRETRAIN, "--freeze-trunk", "--lr", "0.001", "--resume", cycles=2)  # same lr
     assert res.exit_code == 1 and "option freeze_trunk was False" in res.output
     assert not (out / "state" / "random-seed0-cycle0.pt").exists()  # refused before any cycle ran
+
+
+def test_resume_keeps_the_pretraining_cost_of_finished_seeds(tiny, tmp_path, pretrained):
+    """A resumed run does not prepare a seed it finished before; that seed's pretraining cost still
+    belongs in run.json: from the previous run.json, or, when the previous run was interrupted and
+    wrote none, from the encoder file cached in OUT/state."""
+    d, _ = tiny
+    out = tmp_path / "out"
+    assert _run(d, out, *PRETRAIN, cycles=2, seeds=1).exit_code == 0
+    first = json.loads((out / "run.json").read_text())["pretraining"]["0"]
+    res = _run(d, out, *PRETRAIN, "--resume", cycles=2, seeds=2)  # seed 0 finished, seed 1 new
+    assert res.exit_code == 0, res.output
+    run = json.loads((out / "run.json").read_text())
+    assert sorted(run["pretraining"]) == ["0", "1"]
+    assert run["pretraining"]["0"]["seconds"] == first["seconds"]
+    assert run["pretraining"]["0"]["encoder_digest"] == first["encoder_digest"]
+    assert run["seconds"]["pretrain"] == pytest.approx(first["seconds"] + run["pretraining"]["1"]["seconds"])
+    # an interrupted run leaves run.json without costs: they come from the cached encoders
+    run.pop("pretraining")
+    (out / "run.json").write_text(json.dumps(run))
+    res = _run(d, out, *PRETRAIN, "--resume", cycles=2, seeds=2)  # nothing left to run
+    assert res.exit_code == 0, res.output
+    again = json.loads((out / "run.json").read_text())["pretraining"]
+    assert sorted(again) == ["0", "1"]
+    assert again["0"]["seconds"] == first["seconds"]
+    assert again["0"]["encoder_digest"] == first["encoder_digest"]
+    assert len(pretrained["pretrain"]) == 2  # one pretraining per seed, none repeated

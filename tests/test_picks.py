@@ -196,10 +196,6 @@ def test_resolve_pick_rules():
     assert resolve_pick("random", False, None) == "top"  # plain random sampling stays the reference
     assert resolve_pick("expected", False, None, nonnegative=False) == "softrank"
     assert resolve_pick("expected", False, "top") == "top"
-    assert resolve_pick("expected", False, None, embedded=True) == "cluster-power"  # a pool with embeddings
-    assert resolve_pick("expected", False, None, nonnegative=False, embedded=True) == "cluster"
-    assert resolve_pick("random", False, None, embedded=True) == "top"
-    assert resolve_pick("expected", False, "power", embedded=True) == "power"
     assert resolve_pick("expected", False, None, balance=True) == "balanced"
     assert resolve_pick("badge", True, None) is None
     for bad in ({"pick": "power"}, {"pick": None, "balance": True}):

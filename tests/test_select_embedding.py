@@ -104,27 +104,31 @@ def test_default_pick_is_shown_and_top_is_unchanged(setup, tmp_path):
     assert res.exit_code == 0 and "pick top (default)" in res.stdout
 
 
-def test_the_default_pick_follows_the_pool(setup, tmp_path):
-    """cluster-power on a pool with a usable embedding; power-balanced where there is none or it is
-    stale for the model, so `select --scheme expected` works as typed on every pool."""
+def test_the_default_pick_is_the_same_on_every_pool(setup, tmp_path):
+    """power-balanced with or without a usable embedding (the pretraining study found no embedding
+    pick ahead of it), so `select --scheme expected` works as typed on every pool and an embedding,
+    even a stale one, changes nothing unless an embedding pick is asked for."""
     from cryoal.learn.checkpoint import load_model, save_checkpoint
 
     d, _ = setup
     model, meta = load_model(d / "model.pt")
     save_checkpoint(tmp_path / "other.pt", model, {**meta, "encoder_digest": "enc-other"})
-    cases = ((d / "pool.h5", d / "model.pt", "pick cluster-power (default on a pool with embeddings)"),
-             (d / "plain.h5", d / "model.pt", "pick power-balanced (default)"),
-             (d / "pool.h5", tmp_path / "other.pt", "pick power-balanced (default)"))
-    for k, (pool, model_path, words) in enumerate(cases):
+    cases = ((d / "pool.h5", d / "model.pt"), (d / "plain.h5", d / "model.pt"),
+             (d / "pool.h5", tmp_path / "other.pt"))
+    for k, (pool, model_path) in enumerate(cases):
         out = tmp_path / f"{k}.csv"
         res = cli("select", pool, "-m", model_path, "--scheme", "expected", "-n", 4, "-o", out,
                   "--device", "cpu", "--seed", 1)
         assert res.exit_code == 0, res.output
-        assert words in res.stdout, res.stdout
+        assert "pick power-balanced (default)" in res.stdout, res.stdout
     explicit = tmp_path / "explicit.csv"
     assert cli("select", d / "pool.h5", "-m", d / "model.pt", "--scheme", "expected", "-n", 4, "-o", explicit,
-               "--device", "cpu", "--seed", 1, "--pick", "cluster-power").exit_code == 0
+               "--device", "cpu", "--seed", 1, "--pick", "power-balanced").exit_code == 0
     assert explicit.read_bytes() == (tmp_path / "0.csv").read_bytes()
+    # the stale embedding (other.pt's digest) does not matter to the default, only to an embedding pick
+    res = cli("select", d / "pool.h5", "-m", tmp_path / "other.pt", "--scheme", "expected", "-n", 4,
+              "-o", tmp_path / "stale.csv", "--device", "cpu", "--pick", "cluster-power")
+    assert res.exit_code == 1 and "made by encoder" in res.output and "cryoal embed" in res.output, res.output
 
 
 def test_cluster_picks_are_pick_order_on_the_pool_embeddings(setup, tmp_path):

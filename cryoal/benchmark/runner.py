@@ -11,7 +11,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from cryoal.benchmark.loop import BenchmarkConfig, Steps, Timings, make_split, run_benchmark
+from cryoal.benchmark.loop import STATE_DIR, BenchmarkConfig, Steps, Timings, make_split, run_benchmark
 from cryoal.benchmark.report import (
     plot_curves,
     summarize,
@@ -106,9 +106,10 @@ def run_cli(pool_path: Path, truth_path: Path, out: Path, console, *, resume: bo
 
             check_pretrain(data, config, split0.selectable.size)
         out.mkdir(exist_ok=True)
+        # read before run.json is rewritten below: finished seeds are not prepared again
+        timings = Timings(pretrain=_previous_pretraining(out) if resume and config.pretrain else {})
         record = _run_record(pool_path, truth_path, data, config, history)
         write_json(out / RUN_JSON, record)
-        timings = Timings(pretrain=_previous_pretraining(out) if resume else {})
         total = config.seeds * len(config.schemes) * config.cycles
         event_log.emit("start", pool=record["pool"], out=str(out), n_particles=record["n_particles"],
                        options=record["options"], total_cycles=total)
@@ -169,13 +170,35 @@ def _check_pretrain_options(config: BenchmarkConfig) -> None:
 
 
 def _previous_pretraining(out: Path) -> dict[str, dict]:
-    """On --resume: the per-seed pretraining costs the previous run recorded (seeds it finished are
-    not prepared again, yet their cost belongs in run.json)."""
+    """On --resume: the per-seed pretraining costs of the previous runs (seeds they finished are not
+    prepared again, yet their cost belongs in run.json). From run.json where the previous run ended
+    normally; else (an interrupted run writes no costs) from the encoder files cached in OUT/state."""
     try:
         prev = json.loads((out / RUN_JSON).read_text(encoding="utf-8")).get("pretraining") or {}
     except (OSError, ValueError):
-        return {}
-    return {str(k): v for k, v in prev.items() if isinstance(v, dict)}
+        prev = {}
+    costs = {str(k): v for k, v in prev.items() if isinstance(v, dict)}
+    for seed, cost in _cached_encoder_costs(out / STATE_DIR).items():
+        costs.setdefault(seed, cost)
+    return costs
+
+
+def _cached_encoder_costs(state_dir: Path) -> dict[str, dict]:
+    """Seed -> pretraining cost of every readable `encoder-seed<K>.pt` in the state directory."""
+    from cryoal.benchmark.pretraining import SeedEncoder
+    from cryoal.learn.encoder import encoder_digest, read_encoder
+
+    costs = {}
+    for path in sorted(state_dir.glob("encoder-seed*.pt")):
+        seed = path.stem.removeprefix("encoder-seed")
+        if not seed.isdigit():
+            continue
+        try:
+            record = read_encoder(path)
+            costs[seed] = SeedEncoder(int(seed), path, encoder_digest(path), record, False).cost()
+        except (CryoalError, KeyError, IndexError, TypeError, ValueError):
+            continue  # unreadable: its seed is pretrained again if it runs
+    return costs
 
 
 def _run_record(pool_path: Path, truth_path: Path, data, config: BenchmarkConfig, history: list) -> dict:

@@ -12,8 +12,6 @@ from cryoal.cli.app import command, stderr_console
 from cryoal.cli.options import choice_option, device_option, norm_names, output_option, scheme_names
 from cryoal.scoring.picks import (
     DEFAULT_PICK,
-    EMBEDDED_DEFAULT_PICK,
-    EMBEDDING_PICKS,
     PICK_HELP,
     PICKS,
     SCHEME_DEFAULT_PICKS,
@@ -63,8 +61,7 @@ def select(
     pick: str = choice_option(
         None, "-p", "--pick", choices=PICKS,
         help="How the N rows are drawn from the scores (score-based schemes): "
-        + "; ".join(f"{k}: {v}" for k, v in PICK_HELP.items()) + f". Default: {DEFAULT_PICK}, or "
-        f"{EMBEDDED_DEFAULT_PICK} on a pool with usable embeddings ("
+        + "; ".join(f"{k}: {v}" for k, v in PICK_HELP.items()) + f". Default: {DEFAULT_PICK} ("
         + ", ".join(f"{k}: {v}" for k, v in SCHEME_DEFAULT_PICKS.items()) + "); the summary says which."
     ),
     beta: float = typer.Option(
@@ -89,8 +86,8 @@ def select(
     """Score the unlabelled particles and write N of them, ranked (higher score = label first).
 
     Which N: --pick power-balanced (the default) draws the N inside each predicted class, in turn;
-    --pick top (the paper's rule) writes the N highest scores; --pick cluster-power (the default
-    on a pool with embeddings) spreads them over k-means clusters of the pool's embeddings. A
+    --pick top (the paper's rule) writes the N highest scores; --pick cluster-power (on a pool
+    with embeddings, `cryoal pretrain`) spreads them over k-means clusters of the embeddings. A
     batch scheme (coreset, badge) chooses a diverse N, and typiclust the most typical particle of
     each uncovered cluster, with no model.
 
@@ -161,5 +158,4 @@ def _pick_words(summary: dict) -> str:
         return ""
     if not summary.get("pick_default"):
         return f", pick {summary['pick']}"
-    why = " on a pool with embeddings" if summary["pick"] in EMBEDDING_PICKS else ""
-    return f", pick {summary['pick']} (default{why})"
+    return f", pick {summary['pick']} (default)"

@@ -29,11 +29,12 @@ classes (docs/studies.md, "The SNR study"). The other picks spread the batch:
   does, while the score still chooses inside each region (`cryoal.scoring.typiclust`).
 
 The default (`default_pick`) is `power-balanced`: this project's SNR study found it at least as
-good as `top` at all four SNRs. On a pool whose embedding can be used (`cryoal pretrain`, not
-stale) it is `cluster-power`: on a linear probe of an embedding (benchmarks/embedding_picks.py,
-two simulated pools, 20 seeds) it was the best score-based pick and above random where
-`power-balanced` was not. `random` keeps `top`: its scores are uniform draws, so `top` is plain
-random sampling, the reference every study compares with.
+good as `top` at all four SNRs. It is also the default on a pool with embeddings: in the
+pretraining study (CNNs from the pool's encoder, fine-tuned or on a frozen trunk, 6 seeds, SNR 0.1
+and 0.05) `cluster-power` had a lower mean than `power-balanced` in all four cells, though it had
+come first on a linear probe of an embedding (benchmarks/embedding_picks.py). `random` keeps
+`top`: its scores are uniform draws, so `top` is plain random sampling, the reference every study
+compares with.
 
 Every pick is a pure function of (scores, particle ids, predicted classes, n, beta, seed): the
 sampled ones draw their noise from `seed` alone, one number per candidate in the order given, so
@@ -53,8 +54,9 @@ PICKS = ("top", "power", "softrank", "balanced", "power-balanced", "classnorm", 
 NEEDS_NONNEGATIVE = ("power", "power-balanced", "classnorm", "cluster-power")
 # the picks that read the pool's embeddings
 EMBEDDING_PICKS = ("cluster", "cluster-power")
+# the default on every pool: the pretraining study found no embedding pick ahead of it where the
+# pool has embeddings (docs/studies.md), so the default does not depend on the pool
 DEFAULT_PICK = "power-balanced"
-EMBEDDED_DEFAULT_PICK = "cluster-power"  # the default on a pool with a usable embedding
 # schemes whose default pick is not DEFAULT_PICK: `random` stays plain random sampling
 SCHEME_DEFAULT_PICKS = {"random": "top"}
 PICK_HELP = {
@@ -134,18 +136,17 @@ def class_normalised(scores: np.ndarray, predicted: np.ndarray) -> np.ndarray:
     return out
 
 
-def default_pick(scheme: str, nonnegative: bool = True, embedded: bool = False) -> str:
-    """The pick `select --scheme SCHEME` uses when none is given (see the module docstring):
-    `embedded` when the pool has a usable embedding. On a scheme whose scores can be negative the
-    power draws give way to their rank-based kin (`softrank`, `cluster`)."""
-    pick = SCHEME_DEFAULT_PICKS.get(scheme, EMBEDDED_DEFAULT_PICK if embedded else DEFAULT_PICK)
+def default_pick(scheme: str, nonnegative: bool = True) -> str:
+    """The pick `select --scheme SCHEME` uses when none is given (see the module docstring). On a
+    scheme whose scores can be negative the power draw gives way to its rank-based kin (`softrank`)."""
+    pick = SCHEME_DEFAULT_PICKS.get(scheme, DEFAULT_PICK)
     if pick in NEEDS_NONNEGATIVE and not nonnegative:
-        return "cluster" if pick in EMBEDDING_PICKS else "softrank"
+        return "softrank"
     return pick
 
 
 def resolve_pick(scheme: str, is_batch: bool, pick: str | None, balance: bool = False, beta: float = 1.0,
-                 nonnegative: bool = True, embedded: bool = False) -> str | None:
+                 nonnegative: bool = True) -> str | None:
     """The pick a selection uses: `pick`, or `balanced` for `--balance`, or `default_pick(scheme)`.
 
     Batch schemes (coreset, badge) build their own batch: any pick is refused, and None returned.
@@ -159,7 +160,7 @@ def resolve_pick(scheme: str, is_batch: bool, pick: str | None, balance: bool = 
         return None
     if balance and pick not in (None, "balanced"):
         raise OptionError(f"--balance is --pick balanced; it cannot be combined with --pick {pick}")
-    chosen = pick or ("balanced" if balance else default_pick(scheme, nonnegative, embedded))
+    chosen = pick or ("balanced" if balance else default_pick(scheme, nonnegative))
     check_pick(chosen, beta)
     if chosen in NEEDS_NONNEGATIVE and not nonnegative:
         raise OptionError(f"--pick {chosen} draws with probability proportional to score^beta, and {scheme} "
@@ -237,7 +238,7 @@ def pick_order(
     return order[: n or len(order)]
 
 
-__all__ = ["DEFAULT_PICK", "EMBEDDED_DEFAULT_PICK", "EMBEDDING_PICKS", "NEEDS_NONNEGATIVE", "PICKS",
+__all__ = ["DEFAULT_PICK", "EMBEDDING_PICKS", "NEEDS_NONNEGATIVE", "PICKS",
            "PICK_HELP",
            "SCHEME_DEFAULT_PICKS", "check_pick", "class_normalised", "default_pick", "gumbel_noise",
            "interleave_by_class", "pick_order", "power_keys", "rank_by_score", "resolve_pick",
