@@ -50,3 +50,36 @@ def test_line_is_the_paired_difference_and_t_test(compare):
     assert p == pytest.approx(stats.ttest_1samp(diff, 0.0).pvalue)
     assert f"{np.mean(diff):+.3f} ± {np.std(diff, ddof=1):.3f}" in text
     assert "(3/4)" in text and "+0.050 -0.010 +0.050 +0.100" in text
+
+
+def test_each_phase_is_its_own_holm_family(compare, capsys, monkeypatch):
+    """On the committed study: the frozen run's main settings (SNR 0.1, 0.05) and its long run
+    (SNR inf, 0.03) are separate families, each adjusted over its own 8 p-values, recomputed here
+    from the per-seed AUBC with scipy and Holm's definition."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+    tuned, frozen = root / "study_pretrain", root / "study_pretrain_frozen"
+    monkeypatch.setattr("sys.argv", ["pretrain_compare.py", str(tuned), str(frozen)])
+    compare.main()
+    out = capsys.readouterr().out
+    blocks = compare.blocks_of(frozen)
+    assert set(blocks) == {"inf", "0.1", "0.05", "0.03"}
+    assert "fine-tuned, long run" not in out  # the fine-tuned study has no long run
+    for title, snrs in (("frozen, main", ("0.1", "0.05")), ("frozen, long run", ("inf", "0.03"))):
+        section = out.split(f"### {title} (8 comparisons)")[1].split("###")[0]
+        rows = [r for r in section.splitlines() if r.startswith("| SNR ")]
+        assert len(rows) == 8
+        expected_p = []
+        for row in rows:
+            label = row.split("|")[1].strip()
+            snr, scheme = label.removeprefix("SNR ").split(": ")
+            assert snr in snrs
+            scheme = scheme.removesuffix(" − random")
+            a = compare.per_seed_aubc(blocks[snr], scheme)
+            b = compare.per_seed_aubc(blocks[snr], compare.RANDOM)
+            expected_p.append(stats.ttest_1samp([a[k] - b[k] for k in sorted(a)], 0.0).pvalue)
+        reported = [(float(r.split("|")[3]), float(r.split("|")[4])) for r in rows]
+        for (p, h), p_ref, h_ref in zip(reported, expected_p, _holm_by_definition(expected_p), strict=True):
+            assert p == pytest.approx(p_ref, abs=5e-4)
+            assert h == pytest.approx(h_ref, abs=5e-4)
