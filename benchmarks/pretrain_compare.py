@@ -55,6 +55,7 @@ def holm(pvalues: list[float]) -> list[float]:
 
 
 def blocks_of(results: Path) -> dict[str, list]:
+    """{SNR: rows of every arm}, in `load_arms`' order: cleanest SNR first."""
     return {snr: rows for snr, rows, _ in load_arms(results, find_arms(results))}
 
 
@@ -67,7 +68,7 @@ def main() -> None:
     head = "| comparison | mean ± std [95 % CI] (wins/seeds) | p (paired t) | per seed |\n|---|---:|---:|---|"
     print(f"# Pretraining study: frozen vs fine-tuned, typiclust start vs random start\n\n"
           f"`{args.finetuned}` (fine-tuned, `train --init`) and `{args.frozen}` (`--freeze-trunk`).\n")
-    for snr in sorted(frozen, key=lambda s: -float(s)):
+    for snr in frozen:
         # The fine-tuned study may not have every SNR of the frozen one (the long run is frozen only).
         f, t = frozen[snr], tuned.get(snr)
         print(f"## SNR {snr}\n\n{head}")
@@ -100,8 +101,7 @@ def main() -> None:
 def print_holm_family(title: str, blocks: dict[str, list]) -> None:
     """Every pick − pretrained random AUBC comparison of `blocks`, with Holm-adjusted p-values."""
     rows_out, pvals = [], []
-    for snr in sorted(blocks, key=lambda s: -float(s)):
-        rows = blocks[snr]
+    for snr, rows in blocks.items():
         for scheme in sorted({r.scheme for r in rows} - {RANDOM, START, SCRATCH}):
             text, p = line(f"SNR {snr}: {scheme} − random", per_seed_aubc(rows, scheme),
                            per_seed_aubc(rows, RANDOM))
@@ -114,6 +114,7 @@ def print_holm_family(title: str, blocks: dict[str, list]) -> None:
         cells = text.strip("|").split("|")
         print(f"|{cells[0]}|{cells[1]}| {p:.3f} | {h:.3f} |")
     print()
+
 
 if __name__ == "__main__":
     main()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -56,8 +57,6 @@ def test_each_phase_is_its_own_holm_family(compare, capsys, monkeypatch):
     """On the committed study: the frozen run's main settings (SNR 0.1, 0.05) and its long run
     (SNR inf, 0.03) are separate families, each adjusted over its own 8 p-values, recomputed here
     from the per-seed AUBC with scipy and Holm's definition."""
-    from pathlib import Path
-
     root = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
     tuned, frozen = root / "study_pretrain", root / "study_pretrain_frozen"
     monkeypatch.setattr("sys.argv", ["pretrain_compare.py", str(tuned), str(frozen)])
